@@ -1,0 +1,323 @@
+"""The pruning engine: the only place that touches transformers internals.
+
+How it works (prefill only, batch 1; ARCHITECTURE.md, "The pruning engine"):
+
+1. A forward pre-hook on `LlavaForConditionalGeneration` sees every call. A call on an empty cache
+   is a prefill: the engine finds the image block from the input ids and resets its state.
+2. The language model runs on an attention function registered with transformers'
+   `AttentionInterface`. It calls the normal SDPA kernel and, at a stage layer, also computes the
+   softmax attention of only the query rows the method asks for against all keys: `[H, R, N]`.
+3. A forward pre-hook on every decoder layer applies the method's selection at the layer after a
+   stage (gathering `hidden_states`), and gathers the full-length kwargs that the parent loop hands
+   to every layer (position ids, RoPE cos/sin, mask) to the current kept set.
+4. Each layer's KV cache then holds only what that layer saw. Layer 0 is never pruned, so HF's
+   cache length (read from layer 0) stays the full prompt length and decode continues at the
+   original next position.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, LlavaForConditionalGeneration
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from harness.budget import check_schedule
+from harness.methods.base import PruningMethod, Selection, Stage, StageContext
+
+ATTN_NAME = "prunebench_sdpa"
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA, plus the method's attention rows at stage layers (see `PruningEngine.capture`)."""
+    engine = getattr(module, "_prunebench_engine", None)
+    if engine is not None:
+        engine.capture(module, query, key, attention_mask)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTN_NAME, _attention)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+@dataclass
+class PrefillState:
+    """What the engine knows about the current sample. Indices refer to the current sequence."""
+
+    prompt_len: int  # N, the full prompt length
+    image_span: tuple[int, int]  # image block in the current sequence
+    seq_positions: torch.Tensor  # [n] original position of each current token (-1 for merged tokens)
+    kept_image: torch.Tensor  # [k] original image index (0..V-1) of each kept original image token
+    n_merged: int = 0
+    input_embeds: torch.Tensor | None = None  # [N, d]
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
+    gathered: dict | None = None  # kwargs gathered for the current kept set (reused by later layers)
+    pruned: bool = False
+    decoding: bool = False
+    generated: int = 0
+    vision_per_layer: list[int] = field(default_factory=list)
+    tokens_per_layer: list[int] = field(default_factory=list)
+    layer_positions: list[torch.Tensor] = field(default_factory=list)  # per layer: original positions it saw
+    kept: dict[int, list[int]] = field(default_factory=dict)  # layer entered -> kept original image indices
+    scoring_s: float = 0.0
+
+
+class PruningEngine:
+    """Attach a pruning method to a LLaVA model.
+
+        engine = PruningEngine(model, FastV(budget=64))
+        with engine:
+            out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        engine.state.vision_per_layer  # image tokens that entered each layer
+
+    Args:
+        model: a `LlavaForConditionalGeneration` with SDPA attention.
+        method: the pruning method (see `harness/methods/base.py`).
+        record_kept: keep the kept original image indices of every stage in `state.kept`.
+        time_scoring: measure the time of scoring + selection + gathering (synchronises CUDA).
+    """
+
+    def __init__(
+        self,
+        model: LlavaForConditionalGeneration,
+        method: PruningMethod,
+        record_kept: bool = False,
+        time_scoring: bool = False,
+    ):
+        self.model = model
+        self.method = method
+        self.record_kept = record_kept
+        self.time_scoring = time_scoring
+        self.layers = model.model.language_model.layers
+        self.num_layers = len(self.layers)
+        self.image_token_id = model.config.image_token_index
+        vision = model.config.vision_config
+        self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
+        self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
+        check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name)
+        self.stage_entering = {s.layer + 1: (i, s) for i, s in enumerate(self.stages)}
+        self.score_layers = {s.layer for s in self.stages} if method.query_rows else set()
+        self.sample_seed = 0
+        self.state: PrefillState | None = None
+        self._handles: list = []
+        self._saved_attn: str | None = None
+
+    # ---------------------------------------------------------------- attach / detach
+    def attach(self) -> PruningEngine:
+        """Switch the language model to the engine's attention function and register the hooks."""
+        if self._handles:
+            return self
+        text_config = self.model.config.text_config
+        self._saved_attn = text_config._attn_implementation
+        if self._saved_attn not in ("sdpa", ATTN_NAME):
+            raise ValueError(f"the engine wraps SDPA; the language model uses {self._saved_attn!r}")
+        self.model.set_attn_implementation({"text_config": ATTN_NAME})
+        for layer in self.layers:
+            layer.self_attn._prunebench_engine = self
+        self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
+        for idx, layer in enumerate(self.layers):
+            hook = lambda module, args, kwargs, idx=idx: self._layer_pre_hook(idx, args, kwargs)  # noqa: E731
+            self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and restore SDPA: the model behaves as vanilla again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for layer in self.layers:
+            if hasattr(layer.self_attn, "_prunebench_engine"):
+                del layer.self_attn._prunebench_engine
+        if self._saved_attn is not None:
+            self.model.set_attn_implementation({"text_config": self._saved_attn})
+            self._saved_attn = None
+
+    def __enter__(self) -> PruningEngine:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    # ---------------------------------------------------------------- hooks
+    def _model_pre_hook(self, module, args, kwargs):
+        """Start a new sample on a prefill call; check positions on decode calls."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None else 0
+        if past == 0:
+            if input_ids is None:
+                raise ValueError("the pruning engine needs input_ids in prefill (to find the image block)")
+            self.state = self._new_state(input_ids)
+        elif self.state is not None:
+            st = self.state
+            st.decoding = True
+            expected = st.prompt_len + st.generated
+            # Layer 0 is never pruned, so HF's cache length is the full one and positions continue from N.
+            assert past == expected, f"cache holds {past} positions at layer 0, expected {expected}"
+            st.generated += (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+        return None
+
+    def _new_state(self, input_ids: torch.Tensor) -> PrefillState:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"the pruning engine runs batch size 1 (got batch {input_ids.shape[0]})")
+        ids = input_ids[0]
+        where = (ids == self.image_token_id).nonzero().flatten()
+        n = ids.shape[0]
+        if where.numel() == 0:  # a text-only prompt: nothing to prune
+            start = end = n
+        else:
+            start, end = int(where[0]), int(where[-1]) + 1
+            if end - start != where.numel() or where.numel() != self.num_image_tokens:
+                raise ValueError(
+                    f"expected one contiguous block of {self.num_image_tokens} image tokens, "
+                    f"found {where.numel()} in positions {start}..{end - 1}"
+                )
+        device = input_ids.device
+        return PrefillState(
+            prompt_len=n,
+            image_span=(start, end),
+            seq_positions=torch.arange(n, device=device),
+            kept_image=torch.arange(end - start, device=device),
+        )
+
+    def capture(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask) -> None:
+        """At a stage layer in prefill, keep the softmax attention of the method's query rows.
+
+        Args:
+            query: `[1, H, n, D]` after RoPE; key: `[1, H_kv, n, D]` (not expanded for GQA).
+        """
+        st = self.state
+        layer_idx = module.layer_idx
+        if st is None or st.decoding or layer_idx not in self.score_layers or st.image_span[0] == st.image_span[1]:
+            return
+        t0 = self._clock()
+        n = query.shape[2]
+        if self.method.query_rows == "last":
+            rows = torch.tensor([n - 1], device=query.device)
+        else:  # "text": everything after the image block
+            rows = torch.arange(st.image_span[1], n, device=query.device)
+        q = query[0, :, rows].float()  # [H, R, D]
+        k = repeat_kv(key, module.num_key_value_groups)[0].float()  # [H, n, D]
+        logits = (q @ k.transpose(-1, -2)) * module.scaling  # [H, R, n]
+        future = torch.arange(n, device=query.device)[None, :] > rows[:, None]  # [R, n] causal
+        logits = logits.masked_fill(future, float("-inf"))
+        if attention_mask is not None:  # a materialised [1, 1, n, n] mask (padding, eager reference)
+            mask = attention_mask[0, 0, rows]  # [R, n]
+            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+        st.scores[layer_idx] = logits.softmax(-1)  # [H, R, n]
+        st.scoring_s += self._clock() - t0
+
+    def _layer_pre_hook(self, layer_idx: int, args: tuple, kwargs: dict):
+        st = self.state
+        if st is None:
+            return None
+        if st.decoding:
+            return self._decode_kwargs(layer_idx, args, kwargs)
+        hidden = args[0]  # [1, n, d]
+        if layer_idx == 0:
+            st.input_embeds = hidden[0]
+        if layer_idx in self.stage_entering:
+            hidden = self._apply_stage(*self.stage_entering[layer_idx], hidden, layer_idx)
+        start, end = st.image_span
+        st.vision_per_layer.append(end - start)
+        st.tokens_per_layer.append(hidden.shape[1])
+        st.layer_positions.append(st.seq_positions)
+        if not st.pruned:
+            return None
+        if st.gathered is None:
+            t0 = self._clock()
+            st.gathered = self._gather(kwargs, hidden.shape[1])
+            st.scoring_s += self._clock() - t0
+        return (hidden, *args[1:]), {**kwargs, **st.gathered}
+
+    def _apply_stage(self, stage_index: int, stage: Stage, hidden: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """Run the method's selection on the stage layer's output and gather the kept tokens."""
+        st = self.state
+        start, end = st.image_span
+        if start == end:
+            return hidden
+        t0 = self._clock()
+        generator = torch.Generator().manual_seed(self.sample_seed * 1000 + stage_index)
+        ctx = StageContext(
+            stage=stage,
+            stage_index=stage_index,
+            attn=st.scores.pop(stage.layer, None),
+            image_span=(start, end),
+            hidden=hidden[0],
+            input_embeds=st.input_embeds,
+            generator=generator,
+        )
+        sel: Selection = self.method.select(ctx)
+        keep = sel.keep.to(hidden.device)
+        n_current = end - start
+        if keep.numel() != min(stage.keep, n_current):
+            raise RuntimeError(f"{self.method.name} kept {keep.numel()} tokens at layer {layer_idx}, expected {stage.keep}")
+        if keep.numel() and (keep.min() < 0 or keep.max() >= n_current or (keep.diff() <= 0).any()):
+            raise RuntimeError(f"{self.method.name} returned kept indices that are not sorted, unique and in range")
+        device = hidden.device
+        parts = [hidden[:, :start], hidden[:, start + keep]]
+        n_merged = 0
+        if sel.merged is not None and sel.merged.shape[0] > 0:
+            if self.method.positions != "compact":
+                raise RuntimeError(f"{self.method.name}: merged tokens need positions=compact")
+            n_merged = sel.merged.shape[0]
+            parts.append(sel.merged.to(hidden.dtype)[None])
+        parts.append(hidden[:, end:])
+        new_hidden = torch.cat(parts, dim=1)  # [1, n', d]
+        # Original positions of the new sequence (merged tokens have none: -1).
+        old = st.seq_positions
+        st.seq_positions = torch.cat(
+            [old[:start], old[start + keep], torch.full((n_merged,), -1, device=device), old[end:]]
+        )
+        # Original image indices of the kept original tokens (merged ones sit after them).
+        n_orig_current = n_current - st.n_merged
+        keep_orig = keep[keep < n_orig_current]
+        st.kept_image = st.kept_image[keep_orig]
+        st.n_merged = int(keep.numel() - keep_orig.numel()) + n_merged
+        st.image_span = (start, start + keep.numel() + n_merged)
+        st.pruned = True
+        st.gathered = None
+        if self.record_kept:
+            st.kept[layer_idx] = st.kept_image.tolist()
+        st.scoring_s += self._clock() - t0
+        return new_hidden
+
+    def _gather(self, kwargs: dict, n: int) -> dict:
+        """Gather the full-length layer kwargs to the current sequence of n tokens."""
+        st = self.state
+        if self.method.positions == "compact":
+            index = torch.arange(n, device=st.seq_positions.device)  # renumbered 0..n-1
+        else:
+            index = st.seq_positions
+        out = {}
+        if kwargs.get("position_ids") is not None:
+            out["position_ids"] = kwargs["position_ids"][:, index]
+        cos, sin = kwargs["position_embeddings"]  # [1, N, hd] each
+        out["position_embeddings"] = (cos[:, index], sin[:, index])
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor):  # [1, 1, N, N]
+            out["attention_mask"] = mask[:, :, index][:, :, :, index]
+        return out
+
+    def _decode_kwargs(self, layer_idx: int, args: tuple, kwargs: dict):
+        """Decode: a materialised mask covers the full length; keep this layer's cached columns + new ones."""
+        mask = kwargs.get("attention_mask")
+        st = self.state
+        if not isinstance(mask, torch.Tensor) or not st.pruned or layer_idx < min(self.stage_entering):
+            return None
+        if self.method.positions == "compact":
+            cached = torch.arange(st.tokens_per_layer[layer_idx], device=mask.device)
+        else:
+            cached = st.layer_positions[layer_idx]
+        new = torch.arange(st.prompt_len, mask.shape[-1], device=mask.device)
+        return args, {**kwargs, "attention_mask": mask[..., torch.cat([cached, new])]}
+
+    def _clock(self) -> float:
+        if not self.time_scoring:
+            return 0.0
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()

@@ -1,0 +1,89 @@
+"""What a pruning method is: a schedule of stages and a `select` rule.
+
+A stage `(layer, keep)` takes its scores from the attention of decoder layer `layer` and hands the
+kept set of `keep` image tokens to layer `layer + 1` (METHODS.md, "Stages"). The engine
+(`harness/engine.py`) does everything else; a method only sees tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+QueryRows = Literal["last", "text"] | None
+Positions = Literal["original", "compact"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Scores from decoder layer `layer`; `keep` image tokens enter layer `layer + 1`."""
+
+    layer: int
+    keep: int
+
+
+@dataclass
+class StageContext:
+    """Everything a method may look at when it selects tokens at one stage (prefill, batch 1).
+
+    Attributes:
+        stage: the stage being applied.
+        stage_index: its position in the schedule (0, 1, ...).
+        attn: softmax attention of the stage layer for the method's query rows against all keys,
+            `[H, R, N]` (heads, rows, current sequence length), fp32; None if the method asks no rows.
+        image_span: `(start, end)` of the image block in the current sequence.
+        hidden: output hidden states of the stage layer, `[N, d]`.
+        input_embeds: the language model's input embeddings (full sequence), `[N0, d]`.
+        generator: a torch.Generator seeded for this sample and stage.
+    """
+
+    stage: Stage
+    stage_index: int
+    attn: torch.Tensor | None
+    image_span: tuple[int, int]
+    hidden: torch.Tensor
+    input_embeds: torch.Tensor
+    generator: torch.Generator
+
+
+@dataclass
+class Selection:
+    """A method's decision at one stage.
+
+    Attributes:
+        keep: indices into the current image block, sorted ascending, `[k]`.
+        merged: extra image-derived hidden states inserted right after the kept ones, `[M, d]`.
+    """
+
+    keep: torch.Tensor
+    merged: torch.Tensor | None = None
+
+
+class PruningMethod(Protocol):
+    """The small interface every method implements (one file per method)."""
+
+    name: str
+    budget: int
+    query_rows: QueryRows  # which attention rows `select` needs: "last" prompt token, all "text" rows, or none
+    positions: Positions  # RoPE positions of the kept tokens: "original" or renumbered "compact"
+
+    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+        """The stages for this budget on a model with `num_layers` decoder layers (validates the budget)."""
+        ...
+
+    def select(self, ctx: StageContext) -> Selection:
+        """Choose the image tokens that enter layer `ctx.stage.layer + 1`."""
+        ...
+
+
+def top_k_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, ties broken toward the lower index, returned in ascending order.
+
+    Args:
+        scores: `[V]` scores of the current image tokens.
+        k: how many to keep (0 <= k <= V).
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices  # stable: equal scores keep index order
+    return torch.sort(order[:k]).values

@@ -1,0 +1,23 @@
+"""No pruning: the reference for accuracy ratios and speedups."""
+
+from __future__ import annotations
+
+from harness.methods.base import Selection, Stage, StageContext
+
+
+class Vanilla:
+    """Every image token enters every layer; the budget is the full image block."""
+
+    name = "vanilla"
+    query_rows = None
+    positions = "original"
+
+    def __init__(self, budget: int | None = None):
+        self.budget = budget  # ignored: vanilla always keeps all image tokens
+
+    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+        self.budget = num_image_tokens
+        return []
+
+    def select(self, ctx: StageContext) -> Selection:
+        raise RuntimeError("vanilla has no stages")

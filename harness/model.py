@@ -1,0 +1,150 @@
+"""Load a LLaVA model and its processor: from the hub, a local directory, or a config with random weights.
+
+    model, processor = load_llava(pretrained="llava-hf/llava-1.5-7b-hf")        # real weights
+    model, processor = load_llava(config="tiny")                               # tests
+    model, processor = load_llava(config="harness/assets/llava-1.5-7b-hf")    # 7B shapes, random
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+ASSETS = Path(__file__).parent / "assets"
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN, "\n", "USER:", "ASSISTANT:"]
+
+# Words of the tiny test model's vocabulary (any text outside it maps to <unk>).
+TINY_WORDS = (
+    "a an the is are there in of on to what which how many colour color shape left right above below "
+    "yes no one two three four five six image picture object objects answer question using single word "
+    "or phrase please red green blue yellow purple orange white cyan circle square triangle star cross "
+    "diamond dog cat car man woman table ? . , :"
+).split()
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` -> cuda if available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` -> fp16 on CUDA, bf16 on CPU; otherwise a torch dtype name (float32, bfloat16, float16)."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in allowed:
+        raise ValueError(f"model.dtype={dtype!r} is not supported (allowed: auto, {', '.join(allowed)})")
+    return allowed[dtype]
+
+
+def build_word_processor(words: list[str], image_size: int = 336, patch_size: int = 14) -> LlavaProcessor:
+    """A LLaVA processor with a closed word-level tokenizer that works offline.
+
+    Lower-cases text, splits on whitespace and punctuation, prepends `<s>`. The processor expands
+    `<image>` to (image_size / patch_size)^2 tokens, as for LLaVA-1.5.
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        vocab.setdefault(word.lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.add_special_tokens(SPECIAL_TOKENS)  # matched before normalisation: "\n", "USER:" survive
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+
+
+def tiny_config(vocab_size: int, image_token_id: int, num_layers: int = 32) -> LlavaConfig:
+    """A small LLaVA: CLIP tower at 336 px / patch 14 (576 image tokens), a narrow Llama with GQA."""
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=336, patch_size=14, projection_dim=32,
+    )
+    text = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=2048,
+        bos_token_id=1, eos_token_id=2, pad_token_id=3,
+    )
+    return LlavaConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_token_id,
+        projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+        pad_token_id=3,
+    )
+
+
+def load_llava(
+    pretrained: str | None = None,
+    config: str | None = None,
+    num_layers: int = 32,
+    dtype: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor | None]:
+    """Load LLaVA with SDPA attention, in eval mode.
+
+    Args:
+        pretrained: hub id or local directory with weights and processor (`from_pretrained`).
+        config: instead of `pretrained`: "tiny" for the test model, or a directory holding a
+            `config.json` (e.g. `harness/assets/llava-1.5-7b-hf`) to build with seeded random weights.
+            A directory without a tokenizer gives `processor=None`.
+        num_layers: decoder layers of the tiny model.
+        dtype: "auto" (fp16 on CUDA, bf16 on CPU), "float32", "bfloat16" or "float16".
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        seed: seed of the random weights.
+    """
+    if (pretrained is None) == (config is None):
+        raise ValueError("give exactly one of model.pretrained (hub id or directory) and model.config")
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    if pretrained is not None:
+        model = LlavaForConditionalGeneration.from_pretrained(
+            pretrained, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=False
+        )
+        processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=False)
+    else:
+        if config == "tiny":
+            processor = build_word_processor(TINY_WORDS)
+            vocab = processor.tokenizer.get_vocab()
+            llava_config = tiny_config(len(vocab), vocab[IMAGE_TOKEN], num_layers)
+        else:
+            path = Path(config)
+            if not (path / "config.json").is_file():
+                raise ValueError(f"model.config={config!r} is neither 'tiny' nor a directory with a config.json")
+            llava_config = LlavaConfig.from_pretrained(path)
+            has_tokenizer = (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+            processor = AutoProcessor.from_pretrained(path) if has_tokenizer else None
+        llava_config._attn_implementation = "sdpa"
+        torch.manual_seed(seed)
+        with torch.device(dev):
+            model = LlavaForConditionalGeneration(llava_config).to(torch_dtype)
+    model = model.to(dev).eval()
+    model.requires_grad_(False)
+    return model, processor
