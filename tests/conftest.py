@@ -1,0 +1,41 @@
+"""Shared fixtures: the tiny random LLaVA (fp32) and a few prompts."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+QUESTIONS = [
+    "is there a red circle in the image ?",
+    "what colour is the star ?",
+    "how many objects are there in the picture ? answer the question using a single word or phrase .",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, processor) of the tiny random LLaVA in fp32."""
+    from harness.model import load_llava
+
+    return load_llava(config="tiny", dtype="float32", device="cpu", seed=0)
+
+
+def make_inputs(processor, question: str, seed: int) -> dict:
+    """Processor inputs for one random-noise image and a vicuna-style prompt (no attention mask: batch 1)."""
+    rng = np.random.RandomState(seed)
+    image = Image.fromarray((rng.rand(336, 336, 3) * 255).astype("uint8"))
+    inputs = processor(images=image, text=f"USER: <image>\n{question} ASSISTANT:", return_tensors="pt")
+    inputs.pop("attention_mask")
+    return dict(inputs)
+
+
+@pytest.fixture(scope="session")
+def prompts(tiny):
+    _, processor = tiny
+    return [make_inputs(processor, q, seed) for seed, q in enumerate(QUESTIONS)]
