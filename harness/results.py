@@ -1,0 +1,90 @@
+"""results.json and samples.jsonl (the contracts in ARCHITECTURE.md): atomic writes and resume.
+
+samples.jsonl gets one line per finished sample, flushed and fsync'ed at once, so a crash loses at
+most the sample in flight; a rerun in the same run dir reads it and skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+SCHEMA = 1
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write JSON to a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_records(path: str | Path) -> tuple[dict[tuple[str, int], dict], list[str]]:
+    """Complete records of a samples.jsonl keyed by (task, doc_id), and the good lines in order."""
+    records, good = {}, []
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash: that sample runs again
+            records[(record["task"], record["doc_id"])] = record
+            good.append(line)
+    return records, good
+
+
+class SampleLog:
+    """Append-only per-sample records keyed by (task, doc_id).
+
+    Args:
+        path: the samples.jsonl file; existing complete lines are loaded (a torn last line is dropped).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.records, good = load_records(self.path)
+        if self.path.exists() and len(good) != len(self.path.read_text().splitlines()):
+            self.path.write_text("".join(line + "\n" for line in good))  # appends stay valid JSON lines
+        self._file = None
+
+    def get(self, task: str, doc_id: int) -> dict | None:
+        return self.records.get((task, doc_id))
+
+    def append(self, record: dict) -> None:
+        if self._file is None:
+            self._file = self.path.open("a")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records[(record["task"], record["doc_id"])] = record
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_results(run_dir: str | Path) -> dict:
+    """Load a run's results.json."""
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def read_samples(run_dir: str | Path) -> list[dict]:
+    """Load a run's samples.jsonl (complete lines only)."""
+    return list(load_records(Path(run_dir) / "samples.jsonl")[0].values())

@@ -1,0 +1,1 @@
+"""The embedded "shapes" benchmark (data generator) and the tiny model trained on it."""

@@ -1,0 +1,105 @@
+"""Our lmms-eval tasks (tasks/*.yaml), with the dataset location chosen at run time.
+
+    manager = task_manager()
+    specs = task_specs(["gqa", "mme", "pope"], {"gqa": "/data/gqa", "pope": "lmms-lab/POPE"}, manager)
+    simple_evaluate(model=lm, tasks=specs, task_manager=manager)    # or load_tasks(...) to inspect
+
+A data location is a hub id (the YAML default is the official one) or a local directory saved with
+`DatasetDict.save_to_disk` (see each YAML's header and harness/fixtures.py). lmms-eval 0.7.3 merges
+a task config dict `{"task": name, **overrides}` over the registered YAML, so nothing is edited on disk.
+"""
+
+from pathlib import Path
+
+from lmms_eval.tasks import TaskManager, get_task_dict
+from lmms_eval.utils import load_yaml_config
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+
+
+def task_manager(include_path: str | Path = TASKS_DIR) -> TaskManager:
+    """A TaskManager that indexes only our YAMLs (the wheel's default index is unreliable offline)."""
+    return TaskManager(include_path=str(include_path), include_defaults=False)
+
+
+def location_for(name: str, data: dict[str, str]) -> str | None:
+    """The data location of task `name`: its own key in `data`, else the longest key that is a
+    prefix of it ("pope" covers "pope_random"), else None (the YAML default)."""
+    keys = [key for key in data if name == key or name.startswith(key + "_")]
+    return data[max(keys, key=len)] if keys else None
+
+
+def is_local(location: str) -> bool:
+    """True for a local directory, False for a hub id; a missing path-like location is an error."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return True
+    if location.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"data location {location!r} is not a directory (give a local directory or a hub id)")
+    return False
+
+
+def data_overrides(config: dict, location: str) -> dict:
+    """Config keys that point a task at `location`.
+
+    Args:
+        config: The task's YAML config.
+        location: Hub id or local directory.
+
+    Returns:
+        dataset_path, dataset_kwargs (`load_from_disk: true` for a directory), and
+        lmms_eval_specific_kwargs with `default.data = location` when the task reads a second
+        dataset from there (GQA's images).
+    """
+    kwargs = {k: v for k, v in (config.get("dataset_kwargs") or {}).items() if k != "load_from_disk"}
+    dataset_kwargs = {"load_from_disk": True} if is_local(location) else kwargs
+    overrides = {"dataset_path": str(location), "dataset_kwargs": dataset_kwargs}
+    specific = config.get("lmms_eval_specific_kwargs") or {}
+    if "data" in specific.get("default", {}):
+        overrides["lmms_eval_specific_kwargs"] = {**specific, "default": {**specific["default"], "data": str(location)}}
+    return overrides
+
+
+def task_spec(name: str, data: dict[str, str], manager: TaskManager) -> str | dict:
+    """`name` if it keeps its YAML's data, else a config dict lmms-eval merges over the YAML.
+
+    A group becomes its group config with each subtask replaced by its own spec, so the group's
+    aggregate metrics survive.
+    """
+    if name not in manager.task_index:
+        raise ValueError(f"task {name!r} is not in {manager.include_path} (known: {manager.all_tasks})")
+    config = load_yaml_config(manager.task_index[name]["yaml_path"], mode="simple")
+    if isinstance(config.get("task"), list):  # a group
+        subtasks = [task_spec(sub, data, manager) if isinstance(sub, str) else sub for sub in config["task"]]
+        return name if subtasks == config["task"] else {**config, "task": subtasks}
+    location = location_for(name, data)
+    return name if location is None else {"task": name, **data_overrides(config, location)}
+
+
+def task_specs(
+    names: list[str], data: dict[str, str] | None = None, manager: TaskManager | None = None
+) -> list[str | dict]:
+    """Specs for `simple_evaluate(tasks=...)` / `get_task_dict`.
+
+    Args:
+        names: Task or group names from tasks/.
+        data: {task name or prefix: hub id or local directory}; missing tasks use their YAML default.
+        manager: From `task_manager()`; pass the same one to `simple_evaluate`.
+    """
+    manager = manager or task_manager()
+    return [task_spec(name, data or {}, manager) for name in names]
+
+
+def load_tasks(names: list[str], data: dict[str, str] | None = None, manager: TaskManager | None = None) -> dict:
+    """Build the tasks (datasets loaded) as lmms-eval does.
+
+    Args:
+        names: Task or group names from tasks/.
+        data: {task name or prefix: hub id or local directory}.
+        manager: A TaskManager over tasks/ (default: `task_manager()`).
+
+    Returns:
+        lmms-eval's task dict: {task name: Task} and {ConfigurableGroup: {task name: Task}} for groups.
+    """
+    manager = manager or task_manager()
+    return get_task_dict(task_specs(names, data, manager), manager)

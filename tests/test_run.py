@@ -1,0 +1,152 @@
+"""run.py end to end on the tiny random model and the fixture datasets: contracts, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+FIXTURE_RUN = ["model=tiny_random", "tasks=fixtures", "method=fastv", "budget=64", "limit=4",
+               "max_new_tokens=12", "logger=none"]
+N_SAMPLES = 4 + 4 + 3 * 4  # gqa, mme, pope_{adversarial,popular,random} with limit=4
+
+
+def run_cli(args: list[str], cache: Path, wait: bool = True, **kwargs):
+    env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "run.py", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, cache) -> Path:
+    """One uninterrupted run, shared by the contract and resume tests."""
+    run_dir = tmp_path_factory.mktemp("runs") / "fastv-64"
+    proc = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_results_and_samples_follow_the_contract(full_run):
+    results = json.loads((full_run / "results.json").read_text())
+    for key in ("schema", "method", "budget", "model", "seed", "limit", "tasks", "tokens", "latency_ms", "flops",
+                "memory", "config", "versions", "git_commit", "started_at", "finished_at"):
+        assert key in results, key
+    assert (results["method"], results["budget"], results["model"], results["limit"]) == ("fastv", 64, "tiny_random", 4)
+    assert set(results["tasks"]) >= {"gqa", "mme", "pope", "pope_adversarial", "pope_popular", "pope_random"}
+    assert results["tasks"]["gqa"]["n"] == 4 and results["tasks"]["pope"]["n"] == 12
+    assert "mme_total" in results["tasks"]["mme"]["metrics"] and "pope_f1" in results["tasks"]["pope"]["metrics"]
+    tokens = results["tokens"]
+    assert len(tokens["vision_per_layer"]) == 32 and abs(tokens["avg_vision_tokens"] - 64) <= 1
+    latency = results["latency_ms"]
+    assert latency["timer"] == "perf_counter" and latency["n_timed"] == N_SAMPLES - 3  # warm-up excluded
+    for part in ("prefill", "decode_per_token", "e2e"):
+        assert set(latency[part]) == {"mean", "p50", "p90"} and latency[part]["mean"] > 0
+    assert latency["prefill"]["mean"] < latency["e2e"]["mean"]
+    assert 0 < results["flops"]["prefill_tflops"] < results["flops"]["vanilla_prefill_tflops"]
+    assert 0.5 < results["flops"]["reduction"] < 1
+    assert results["memory"]["peak_bytes"] > 0 and results["memory"]["kv_cache_bytes"] > 0
+    assert results["versions"]["transformers"].startswith("5.")
+
+    lines = (full_run / "samples.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == N_SAMPLES
+    for record in records:
+        for key in ("task", "doc_id", "target", "response", "prefill_ms", "decode_ms", "n_new_tokens",
+                    "vision_per_layer", "error"):
+            assert key in record, key
+        assert record["error"] is None and record["vision_per_layer"][2] == 30  # FastV keeps 30 after layer 1
+        assert 1 <= record["n_new_tokens"] <= 12
+
+
+def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):
+    run_dir = tmp_path / "resumed"
+    proc = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, wait=False)
+    samples = run_dir / "samples.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and len(samples.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(samples.read_text().splitlines())
+    assert 6 <= done_before < N_SAMPLES
+    assert not (run_dir / "results.json").exists()
+
+    again = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    keys = [(r["task"], r["doc_id"]) for r in records]
+    assert len(keys) == len(set(keys)) == N_SAMPLES  # nothing lost, nothing duplicated
+    resumed = json.loads((run_dir / "results.json").read_text())
+    reference = json.loads((full_run / "results.json").read_text())
+    assert {t: v["metrics"] for t, v in resumed["tasks"].items()} == {t: v["metrics"] for t, v in reference["tasks"].items()}
+    assert resumed["tokens"] == reference["tokens"]
+    by_key = {(r["task"], r["doc_id"]): r["response"] for r in records}
+    ref_records = [json.loads(line) for line in (full_run / "samples.jsonl").read_text().splitlines()]
+    assert all(by_key[(r["task"], r["doc_id"])] == r["response"] for r in ref_records)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["budget=0"], "budget=0 is outside the 576 image tokens of this model (allowed: 1..576)"),
+        (["budget=700"], "budget=700 is outside"),
+        (["budget=abc"], "budget='abc' is not an integer"),
+        (["budget=20"], "budget=20 is unreachable for fastv"),
+        (["limit=abc"], "limit='abc' is not allowed (allowed: a positive integer or null)"),
+        (["tasks=fixtures", "tasks.names=[nope]"], "task 'nope' is not in"),
+        (["tasks=paper", "tasks.names=[gqa]", "tasks.data.gqa=/nonexistent/gqa"], "'/nonexistent/gqa' is not a directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_no_run_dir(args, message, cache, tmp_path):
+    run_dir = tmp_path / "bad"
+    proc = run_cli(["model=tiny_random", "method=fastv", "logger=none", *args, f"hydra.run.dir={run_dir}"], cache)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert not run_dir.exists()
+
+
+def test_unknown_method_is_a_hydra_error(cache, tmp_path):
+    proc = run_cli(["method=nope", f"hydra.run.dir={tmp_path / 'bad'}"], cache)
+    assert proc.returncode != 0
+    assert "Could not find 'method/nope'" in proc.stderr and "fastv" in proc.stderr  # lists the allowed ones
+
+
+def test_undecodable_image_is_recorded_and_the_run_continues(cache, tmp_path):
+    from datasets import DatasetDict
+
+    from harness.fixtures import POPE_FEATURES, POPE_SPLITS, pope_rows, to_dataset
+
+    splits = {}
+    for split in POPE_SPLITS:
+        rows = pope_rows(split)
+        rows[1]["image"] = {"bytes": b"definitely not a PNG", "path": None}
+        splits[split] = to_dataset(rows, POPE_FEATURES)
+    DatasetDict(splits).save_to_disk(tmp_path / "pope")
+    run_dir = tmp_path / "run"
+    proc = run_cli(["model=tiny_random", "tasks=paper", "tasks.names=[pope_random]", f"tasks.data.pope={tmp_path / 'pope'}",
+                    "method=fastv", "budget=64", "limit=3", "max_new_tokens=2", "logger=none",
+                    f"hydra.run.dir={run_dir}"], cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["tasks"]["pope_random"]["n"] == 3 and results["tasks"]["pope_random"]["n_failed"] == 1
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    failed = [r for r in records if r["error"]]
+    assert len(failed) == 1 and failed[0]["doc_id"] == 1 and failed[0]["response"] == ""
