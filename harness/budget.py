@@ -6,6 +6,8 @@ layer during prefill (METHODS.md, "measured, not claimed").
 
 from __future__ import annotations
 
+import math
+
 from harness.methods.base import Stage
 
 
@@ -25,11 +27,11 @@ def check_budget(budget: object, num_image_tokens: int) -> int:
 
 
 def vision_per_layer(stages: list[Stage], num_layers: int, num_image_tokens: int) -> list[int]:
-    """Image tokens entering each layer under a schedule (no merged tokens)."""
+    """Image-derived tokens (kept + merged) entering each layer under a schedule."""
     counts, current = [], num_image_tokens
-    keep_at = {s.layer + 1: s.keep for s in stages}
+    count_at = {s.enters: s.count for s in stages}
     for layer in range(num_layers):
-        current = keep_at.get(layer, current)
+        current = count_at.get(layer, current)
         counts.append(current)
     return counts
 
@@ -45,21 +47,24 @@ def paper_budget(stages: list[Stage], num_layers: int, num_image_tokens: int) ->
     Their code computes layer s on the full set but appends the kept count for layer s itself
     (METHODS.md, "The published tables undercount").
     """
-    counts = vision_per_layer([Stage(s.layer - 1, s.keep) for s in stages], num_layers, num_image_tokens)
-    return sum(counts) / num_layers
+    shifted = [Stage(s.layer, s.keep, s.merged, before=True) for s in stages]  # count layer s itself
+    return sum(vision_per_layer(shifted, num_layers, num_image_tokens)) / num_layers
 
 
-def check_schedule(stages: list[Stage], budget: int, num_layers: int, num_image_tokens: int, method: str) -> None:
-    """Raise if a schedule is malformed or misses its budget by more than one token."""
-    layers = [s.layer for s in stages]
-    if layers != sorted(set(layers)) or any(not 0 <= s.layer < num_layers - 1 for s in stages):
-        raise ValueError(f"{method}: stage layers {layers} must be increasing and within 0..{num_layers - 2}")
-    keeps = [s.keep for s in stages]
-    if any(k < 0 for k in keeps) or any(b > a for a, b in zip([num_image_tokens, *keeps], keeps)):
-        raise ValueError(f"{method}: kept counts {keeps} must not increase and stay within 0..{num_image_tokens}")
+def check_schedule(
+    stages: list[Stage], budget: int, num_layers: int, num_image_tokens: int, method: str, check_budget: bool = True
+) -> None:
+    """Raise if a schedule is malformed or (unless `check_budget=False`, for published schedules) misses its
+    budget by more than one token."""
+    layers = [s.enters for s in stages]
+    if layers != sorted(set(layers)) or any(not 1 <= s.enters < num_layers for s in stages):
+        raise ValueError(f"{method}: stages entering layers {layers} must be increasing and within 1..{num_layers - 1}")
+    counts = [s.count for s in stages]
+    if any(s.keep < 0 or s.merged < 0 for s in stages) or any(b > a for a, b in zip([num_image_tokens, *counts], counts)):
+        raise ValueError(f"{method}: token counts {counts} must not increase and stay within 0..{num_image_tokens}")
     realized = realized_budget(stages, num_layers, num_image_tokens)
-    if abs(realized - budget) > 1:
-        raise ValueError(f"{method}: schedule {keeps} at layers {layers} realizes {realized:.1f}, not budget={budget}")
+    if check_budget and abs(realized - budget) > 1:
+        raise ValueError(f"{method}: schedule {counts} entering layers {layers} realizes {realized:.1f}, not budget={budget}")
 
 
 def layer_flops(n: int, hidden: int, intermediate: int) -> float:
@@ -70,3 +75,56 @@ def layer_flops(n: int, hidden: int, intermediate: int) -> float:
 def prefill_flops(tokens_per_layer: list[int], hidden: int, intermediate: int) -> float:
     """LLM prefill FLOPs summed over layers, each with its own sequence length."""
     return sum(layer_flops(n, hidden, intermediate) for n in tokens_per_layer)
+
+
+def scaled_schedule(
+    method: str,
+    budget: int,
+    layers: list[int],
+    counts: list[int],
+    num_layers: int,
+    num_image_tokens: int,
+    merged=lambda current, keep: 0,
+    before: bool = False,
+) -> list[Stage]:
+    """Keep the stage layers and the ratios between published counts; scale them to realize `budget` (+-1).
+
+    Args:
+        method: name for error messages.
+        budget: the target realized mean of image tokens per layer.
+        layers: stage layers; counts: published kept counts at those stages (the ratios to keep).
+        merged: merged tokens a stage adds, as a function of (tokens before, kept) — SparseVLM's recycling.
+        before: stages act before their layer (PDrop).
+
+    Raises:
+        ValueError: if no scale reaches the budget within one token.
+    """
+
+    def build(alpha: float) -> list[Stage]:
+        stages, current = [], num_image_tokens
+        for layer, count in zip(layers, counts):
+            keep = min(current, max(0, round(alpha * count)))
+            extra = merged(current, keep) if keep < current else 0
+            if keep + extra > current:  # merging cannot grow the set
+                keep, extra = current, 0
+            stages.append(Stage(layer, keep, extra, before))
+            current = keep + extra
+        return stages
+
+    def realized(alpha: float) -> float:
+        return realized_budget(build(alpha), num_layers, num_image_tokens)
+
+    lo, hi = 0.0, 1.0
+    while realized(hi) < budget and hi < 1e6:
+        hi *= 2
+    for _ in range(60):  # realized(alpha) is non-decreasing in alpha
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if realized(mid) < budget else (lo, mid)
+    best = min((lo, hi), key=lambda a: abs(realized(a) - budget))
+    if abs(realized(best) - budget) > 1:
+        low, high = realized(0.0), realized(hi)
+        raise ValueError(
+            f"budget={budget} is unreachable for {method} with stages at layers {layers} on {num_layers} layers "
+            f"(allowed: {math.ceil(low - 1)}..{math.floor(high + 1)})"
+        )
+    return build(best)

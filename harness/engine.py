@@ -24,11 +24,13 @@ import torch
 from transformers import AttentionInterface, LlavaForConditionalGeneration
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.llama.modeling_llama import rotate_half
 
 from harness.budget import check_schedule
-from harness.methods.base import PruningMethod, Selection, Stage, StageContext
+from harness.methods.base import PreLLMContext, PruningMethod, Selection, Stage, StageContext
 
 ATTN_NAME = "prunebench_sdpa"
+VISION_ATTN_NAME = "prunebench_vision_sdpa"
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
@@ -39,8 +41,19 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def _vision_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA for the vision tower, plus the CLS row's attention and the keys at the feature layer."""
+    engine = getattr(module, "_prunebench_engine", None)
+    if engine is not None and getattr(module, "_prunebench_feature_layer", False):
+        cls_logits = (query[0, :, :1].float() @ key[0].float().transpose(-1, -2)) * kwargs["scaling"]  # [Hv, 1, V+1]
+        engine.vision_capture = (cls_logits.softmax(-1)[:, 0], key[0])  # [Hv, V+1], [Hv, V+1, dh]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
 AttentionInterface.register(ATTN_NAME, _attention)
 AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+AttentionInterface.register(VISION_ATTN_NAME, _vision_attention)
+AttentionMaskInterface.register(VISION_ATTN_NAME, sdpa_mask)
 
 
 @dataclass
@@ -97,30 +110,48 @@ class PruningEngine:
         vision = model.config.vision_config
         self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
         self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
-        check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name)
-        self.stage_entering = {s.layer + 1: (i, s) for i, s in enumerate(self.stages)}
-        self.score_layers = {s.layer for s in self.stages} if method.query_rows else set()
+        check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name,
+                       check_budget=getattr(method, "schedule_kind", "matched") == "matched")
+        self.stage_entering = {s.enters: (i, s) for i, s in enumerate(self.stages)}
+        self.pre_llm = getattr(method, "pre_llm", False)
+        query_rows = getattr(method, "query_rows", None)
+        self.score_layers = {s.layer for s in self.stages if not s.before} if query_rows else set()
         self.sample_seed = 0
         self.state: PrefillState | None = None
+        self.vision_capture: tuple[torch.Tensor, torch.Tensor] | None = None
         self._handles: list = []
-        self._saved_attn: str | None = None
+        self._saved_attn: dict[str, str] = {}
 
     # ---------------------------------------------------------------- attach / detach
     def attach(self) -> PruningEngine:
         """Switch the language model to the engine's attention function and register the hooks."""
-        if self._handles:
+        if self._handles or self._saved_attn:
             return self
-        text_config = self.model.config.text_config
-        self._saved_attn = text_config._attn_implementation
-        if self._saved_attn not in ("sdpa", ATTN_NAME):
-            raise ValueError(f"the engine wraps SDPA; the language model uses {self._saved_attn!r}")
-        self.model.set_attn_implementation({"text_config": ATTN_NAME})
-        for layer in self.layers:
-            layer.self_attn._prunebench_engine = self
-        self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
-        for idx, layer in enumerate(self.layers):
-            hook = lambda module, args, kwargs, idx=idx: self._layer_pre_hook(idx, args, kwargs)  # noqa: E731
-            self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        config = self.model.config
+        wanted = {}
+        if self.pre_llm:
+            if getattr(self.method, "needs_vision_attention", False):
+                wanted["vision_config"] = VISION_ATTN_NAME
+                vision_layers = self.model.model.vision_tower.vision_model.encoder.layers
+                feature_layer = config.vision_feature_layer % (len(vision_layers) + 1)  # -2 -> output of L-2
+                for idx, layer in enumerate(vision_layers):
+                    layer.self_attn._prunebench_engine = self
+                    layer.self_attn._prunebench_feature_layer = idx == feature_layer - 1
+        else:
+            wanted["text_config"] = ATTN_NAME
+            for layer in self.layers:
+                layer.self_attn._prunebench_engine = self
+            self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
+            for idx, layer in enumerate(self.layers):
+                hook = lambda module, args, kwargs, idx=idx: self._layer_pre_hook(idx, module, args, kwargs)  # noqa: E731
+                self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        for key, name in wanted.items():
+            current = getattr(config, key)._attn_implementation
+            if current != "sdpa":
+                raise ValueError(f"the engine wraps SDPA; {key} uses {current!r}")
+            self._saved_attn[key] = current
+        if wanted:
+            self.model.set_attn_implementation(wanted)
         return self
 
     def detach(self) -> None:
@@ -128,12 +159,13 @@ class PruningEngine:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for layer in self.layers:
-            if hasattr(layer.self_attn, "_prunebench_engine"):
-                del layer.self_attn._prunebench_engine
-        if self._saved_attn is not None:
-            self.model.set_attn_implementation({"text_config": self._saved_attn})
-            self._saved_attn = None
+        for module in self.model.modules():
+            for attr in ("_prunebench_engine", "_prunebench_feature_layer"):
+                if hasattr(module, attr):
+                    delattr(module, attr)
+        if self._saved_attn:
+            self.model.set_attn_implementation(dict(self._saved_attn))
+            self._saved_attn = {}
 
     def __enter__(self) -> PruningEngine:
         return self.attach()
@@ -210,7 +242,7 @@ class PruningEngine:
         st.scores[layer_idx] = logits.softmax(-1)  # [H, R, n]
         st.scoring_s += self._clock() - t0
 
-    def _layer_pre_hook(self, layer_idx: int, args: tuple, kwargs: dict):
+    def _layer_pre_hook(self, layer_idx: int, layer, args: tuple, kwargs: dict):
         st = self.state
         if st is None:
             return None
@@ -220,7 +252,10 @@ class PruningEngine:
         if layer_idx == 0:
             st.input_embeds = hidden[0]
         if layer_idx in self.stage_entering:
-            hidden = self._apply_stage(*self.stage_entering[layer_idx], hidden, layer_idx)
+            stage_index, stage = self.stage_entering[layer_idx]
+            if stage.before:
+                self._score_before(layer, hidden, kwargs)
+            hidden = self._apply_stage(stage_index, stage, hidden, layer_idx)
         start, end = st.image_span
         st.vision_per_layer.append(end - start)
         st.tokens_per_layer.append(hidden.shape[1])
@@ -253,17 +288,19 @@ class PruningEngine:
         sel: Selection = self.method.select(ctx)
         keep = sel.keep.to(hidden.device)
         n_current = end - start
-        if keep.numel() != min(stage.keep, n_current):
-            raise RuntimeError(f"{self.method.name} kept {keep.numel()} tokens at layer {layer_idx}, expected {stage.keep}")
+        n_merged = 0 if sel.merged is None else sel.merged.shape[0]
+        if keep.numel() != min(stage.keep, n_current) or n_merged != stage.merged:
+            raise RuntimeError(
+                f"{self.method.name} kept {keep.numel()} + merged {n_merged} tokens at layer {layer_idx}, "
+                f"expected {stage.keep} + {stage.merged}"
+            )
         if keep.numel() and (keep.min() < 0 or keep.max() >= n_current or (keep.diff() <= 0).any()):
             raise RuntimeError(f"{self.method.name} returned kept indices that are not sorted, unique and in range")
         device = hidden.device
         parts = [hidden[:, :start], hidden[:, start + keep]]
-        n_merged = 0
-        if sel.merged is not None and sel.merged.shape[0] > 0:
+        if n_merged:
             if self.method.positions != "compact":
                 raise RuntimeError(f"{self.method.name}: merged tokens need positions=compact")
-            n_merged = sel.merged.shape[0]
             parts.append(sel.merged.to(hidden.dtype)[None])
         parts.append(hidden[:, end:])
         new_hidden = torch.cat(parts, dim=1)  # [1, n', d]
@@ -284,6 +321,71 @@ class PruningEngine:
             st.kept[layer_idx] = st.kept_image.tolist()
         st.scoring_s += self._clock() - t0
         return new_hidden
+
+    def _score_before(self, layer, hidden: torch.Tensor, kwargs: dict) -> None:
+        """PDrop: the last token's attention from this layer's own projections of its input (before it runs)."""
+        st = self.state
+        t0 = self._clock()
+        if st.pruned and st.gathered is None:
+            st.gathered = self._gather(kwargs, hidden.shape[1])
+        cos, sin = (st.gathered if st.pruned else kwargs)["position_embeddings"]  # [1, n, hd]
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)  # [1, n, d]
+        n, hd = x.shape[1], attn.head_dim
+        q = attn.q_proj(x[:, -1:]).view(1, 1, -1, hd).transpose(1, 2)  # [1, H, 1, hd]
+        k = attn.k_proj(x).view(1, n, -1, hd).transpose(1, 2)  # [1, H_kv, n, hd]
+        q = q * cos[:, None, -1:] + rotate_half(q) * sin[:, None, -1:]
+        k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+        k = repeat_kv(k, attn.num_key_value_groups)[0].float()  # [H, n, hd]
+        logits = (q[0].float() @ k.transpose(-1, -2)) * attn.scaling  # [H, 1, n]: the last row sees every key
+        st.scores[attn.layer_idx] = logits.softmax(-1)
+        st.scoring_s += self._clock() - t0
+
+    @torch.no_grad()
+    def generate(self, inputs: dict, **kwargs) -> tuple[torch.Tensor, dict]:
+        """`model.generate` through the engine (greedy kwargs from the caller).
+
+        In-LLM methods run on the full prompt with the hooks; a pre-LLM method gets its reduced image
+        block spliced into `inputs_embeds`. Returns (new token ids `[n_new]`, generate's output dict).
+        """
+        input_ids = inputs["input_ids"]
+        if not self.pre_llm:
+            out = self.model.generate(**inputs, **kwargs, return_dict_in_generate=True)
+            return out.sequences[0, input_ids.shape[1]:], out
+        t0 = self._clock()
+        st = self._new_state(input_ids)
+        start, end = st.image_span
+        embeds = self.model.get_input_embeddings()(input_ids)  # [1, N, d]
+        kept_image = torch.arange(0, device=input_ids.device)
+        n_merged = 0
+        if end > start:
+            self.vision_capture = None
+            config = self.model.config
+            features = self.model.model.get_image_features(
+                pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+            ).pooler_output[0]  # [V, d]
+            cls_attn, keys = self.vision_capture or (None, None)
+            generator = torch.Generator().manual_seed(self.sample_seed * 1000)
+            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator))
+            kept_image = sel.keep.to(input_ids.device)
+            parts = [features[kept_image]]
+            if sel.merged is not None and sel.merged.shape[0]:
+                n_merged = sel.merged.shape[0]
+                parts.append(sel.merged.to(features.dtype))
+            image = torch.cat(parts).to(embeds.dtype)  # [B, d]
+            embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
+        n_image = kept_image.numel() + n_merged
+        st.image_span = (start, start + n_image)
+        st.kept_image, st.n_merged, st.pruned = kept_image, n_merged, end > start
+        st.vision_per_layer = [n_image] * self.num_layers
+        st.tokens_per_layer = [embeds.shape[1]] * self.num_layers
+        if self.record_kept:
+            st.kept[0] = kept_image.tolist()
+        st.scoring_s += self._clock() - t0
+        self.state = st
+        out = self.model.generate(inputs_embeds=embeds, **kwargs, return_dict_in_generate=True)
+        return out.sequences[0], out  # with inputs_embeds alone, generate returns only the new tokens
 
     def _gather(self, kwargs: dict, n: int) -> dict:
         """Gather the full-length layer kwargs to the current sequence of n tokens."""

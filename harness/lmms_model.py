@@ -24,10 +24,13 @@ from harness.timing import Clock, FirstLogits
 class StopOnStrings(StoppingCriteria):
     """Stop when the decoded new text contains any of the `until` strings."""
 
-    def __init__(self, tokenizer, prompt_len: int, until: list[str]):
-        self.tokenizer, self.prompt_len, self.until = tokenizer, prompt_len, until
+    def __init__(self, tokenizer, until: list[str]):
+        self.tokenizer, self.until = tokenizer, until
+        self.prompt_len: int | None = None  # known at the first call: everything but the first new token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.prompt_len is None:
+            self.prompt_len = input_ids.shape[1] - 1
         text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
         done = any(u in text for u in self.until)
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
@@ -131,15 +134,14 @@ class PrunedLlava(lmms):
         prompt_len = inputs["input_ids"].shape[1]
         self.engine.sample_seed = sample_seed(self.seed, task, doc_id)
         first = FirstLogits(self.clock)
-        stop = StoppingCriteriaList([StopOnStrings(self.processor.tokenizer, prompt_len, until)] if until else [])
+        stop = StoppingCriteriaList([StopOnStrings(self.processor.tokenizer, until)] if until else [])
         start = self.clock.mark()
-        out = self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        new_tokens, out = self.engine.generate(
+            inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
             logits_processor=LogitsProcessorList([first]), stopping_criteria=stop,
-            return_dict_in_generate=True, pad_token_id=self.processor.tokenizer.pad_token_id,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
         )
         end = self.clock.mark()
-        new_tokens = out.sequences[0, prompt_len:]
         e2e_ms = self.clock.ms(start, end)
         prefill_ms = self.clock.ms(start, first.mark)
         n_new = int(new_tokens.numel())

@@ -18,10 +18,26 @@ Positions = Literal["original", "compact"]
 
 @dataclass(frozen=True)
 class Stage:
-    """Scores from decoder layer `layer`; `keep` image tokens enter layer `layer + 1`."""
+    """Scores from decoder layer `layer`; `keep` original image tokens (+ `merged` ones) enter layer `layer + 1`.
+
+    With `before=True` (PDrop) the scores come from layer `layer`'s own projections of its input and the
+    kept set already enters layer `layer` itself.
+    """
 
     layer: int
     keep: int
+    merged: int = 0
+    before: bool = False
+
+    @property
+    def enters(self) -> int:
+        """The first layer that sees the kept set."""
+        return self.layer if self.before else self.layer + 1
+
+    @property
+    def count(self) -> int:
+        """Image-derived tokens after the stage (kept + merged)."""
+        return self.keep + self.merged
 
 
 @dataclass
@@ -61,6 +77,24 @@ class Selection:
     merged: torch.Tensor | None = None
 
 
+@dataclass
+class PreLLMContext:
+    """What a pre-LLM method (VisionZip, pool, blind) sees: the image before the language model.
+
+    Attributes:
+        features: projected image features, `[V, d]` (what would fill the image block).
+        cls_attn: softmax attention of the CLS query at the vision feature layer, `[Hv, V+1]`
+            (column 0 is CLS itself); None unless the method sets `needs_vision_attention`.
+        keys: that layer's keys, `[Hv, V+1, dv_head]`; None unless `needs_vision_attention`.
+        generator: a torch.Generator seeded for this sample.
+    """
+
+    features: torch.Tensor
+    cls_attn: torch.Tensor | None
+    keys: torch.Tensor | None
+    generator: torch.Generator
+
+
 class PruningMethod(Protocol):
     """The small interface every method implements (one file per method)."""
 
@@ -74,7 +108,24 @@ class PruningMethod(Protocol):
         ...
 
     def select(self, ctx: StageContext) -> Selection:
-        """Choose the image tokens that enter layer `ctx.stage.layer + 1`."""
+        """Choose the image tokens that enter layer `ctx.stage.enters`."""
+        ...
+
+
+class PreLLMMethod(Protocol):
+    """A method that reduces the image block before the language model (every layer sees the same set)."""
+
+    name: str
+    budget: int
+    pre_llm: bool  # True
+    needs_vision_attention: bool  # CLS-row attention + keys of the vision feature layer
+
+    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+        """Validate the budget; a pre-LLM method has no in-LLM stages (returns [])."""
+        ...
+
+    def reduce(self, ctx: PreLLMContext) -> Selection:
+        """The image tokens the language model sees: `keep` indices into the V features + `merged` ones."""
         ...
 
 
