@@ -122,9 +122,8 @@ def scaled_schedule(
         lo, hi = (mid, hi) if realized(mid) < budget else (lo, mid)
     best = min((lo, hi), key=lambda a: abs(realized(a) - budget))
     if abs(realized(best) - budget) > 1:
-        low, high = realized(0.0), realized(hi)
         raise ValueError(
             f"budget={budget} is unreachable for {method} with stages at layers {layers} on {num_layers} layers "
-            f"(allowed: {math.ceil(low - 1)}..{math.floor(high + 1)})"
+            f"(allowed: {math.ceil(realized(0.0) - 1)}..{num_image_tokens})"
         )
     return build(best)

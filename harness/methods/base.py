@@ -138,3 +138,10 @@ def top_k_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     """
     order = torch.sort(scores, descending=True, stable=True).indices  # stable: equal scores keep index order
     return torch.sort(order[:k]).values
+
+
+def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    """Return `value` if allowed, else raise a ValueError naming it and the allowed ones."""
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not allowed (allowed: {', '.join(allowed)})")
+    return value

@@ -1,0 +1,121 @@
+"""AdaptInfer against the formula of METHODS.md computed directly from full attention matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import rotate_half
+
+from harness.budget import paper_budget, realized_budget
+from harness.engine import PruningEngine
+from harness.methods.adaptinfer import AdaptInfer
+
+V = 576
+
+
+def full_attention(layer, hidden: torch.Tensor, position_ids: torch.Tensor, rotary) -> torch.Tensor:
+    """Softmax attention [H, n, n] of a decoder layer on `hidden` [1, n, d], computed from scratch."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    n, hd = x.shape[1], attn.head_dim
+    q = attn.q_proj(x).view(1, n, -1, hd).transpose(1, 2)
+    k = attn.k_proj(x).view(1, n, -1, hd).transpose(1, 2)
+    cos, sin = rotary(hidden, position_ids=position_ids)
+    q = q * cos[:, None] + rotate_half(q) * sin[:, None]
+    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+    k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
+    logits = (q @ k.transpose(-1, -2))[0] / hd**0.5  # [H, n, n]
+    causal = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return logits.masked_fill(causal, float("-inf")).softmax(-1)
+
+
+def reference_scores(attn: torch.Tensor, start: int, end: int, lam: float = 1.0) -> torch.Tensor:
+    """score(v) = sum_h sum_{j in T} w_h(j) A_h[j, v], with loops over heads and text tokens."""
+    n = attn.shape[-1]
+    text = range(end, n)
+    w = torch.zeros(attn.shape[0], len(text))
+    for h in range(attn.shape[0]):
+        for a, j in enumerate(text):
+            w[h, a] = sum(attn[h, i, j] for i in text) + sum(attn[h, j, k] for k in text) - attn[h, j, j]
+    w = lam * w + (1 - lam) * w.mean()
+    scores = torch.zeros(end - start)
+    for h in range(attn.shape[0]):
+        for a, j in enumerate(text):
+            scores += w[h, a] * attn[h, j, start:end]
+    return scores
+
+
+def top_k(scores: torch.Tensor, k: int) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i].item(), i))
+    return sorted(order[:k])
+
+
+@pytest.mark.parametrize("budget,lam", [(192, 1.0), (64, 0.5)])
+def test_kept_sets_and_logits_match_a_hand_rebuilt_reference(tiny, prompts, budget, lam):
+    """Stage by stage: attention from scratch on the hand-pruned, renumbered sequence -> the formula -> top-k."""
+    model, _ = tiny
+    inputs = prompts[2]
+    lm = model.model.language_model
+    method = AdaptInfer(budget, lam=lam)
+    with torch.no_grad():
+        engine = PruningEngine(model, method, record_kept=True)
+        with engine:
+            logits = model(**inputs).logits
+        ids = inputs["input_ids"][0]
+        where = (ids == model.config.image_token_index).nonzero().flatten()
+        start, end = int(where[0]), int(where[-1]) + 1
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[0]  # embeddings [1, N, d]
+        image = torch.arange(V)  # original image indices of the current image block
+        layer_at = 0
+        for stage in engine.stages:
+            n = hidden.shape[1]
+            position_ids = torch.arange(n)[None]  # compact positions
+            cos_sin = lm.rotary_emb(hidden, position_ids=position_ids)
+            for layer in lm.layers[layer_at:stage.layer]:
+                hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin)
+            attn = full_attention(lm.layers[stage.layer], hidden, position_ids, lm.rotary_emb)
+            hidden = lm.layers[stage.layer](hidden, attention_mask=None, position_ids=position_ids,
+                                            position_embeddings=cos_sin)
+            cur_end = start + image.numel()
+            keep = top_k(reference_scores(attn, start, cur_end, lam), stage.keep)
+            image = image[keep]
+            assert engine.state.kept[stage.enters] == image.tolist(), f"stage at layer {stage.layer}"
+            index = torch.cat([torch.arange(start), start + torch.tensor(keep, dtype=torch.long), torch.arange(cur_end, n)])
+            hidden = hidden[:, index]
+            layer_at = stage.layer + 1
+        position_ids = torch.arange(hidden.shape[1])[None]
+        cos_sin = lm.rotary_emb(hidden, position_ids=position_ids)
+        for layer in lm.layers[layer_at:]:
+            hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin)
+        ref_logits = model.lm_head(lm.norm(hidden))
+    assert logits.shape == ref_logits.shape
+    assert (logits - ref_logits).abs().max().item() < 1e-4
+
+
+def test_published_schedule_accounting():
+    """The published '64' (133/27/3) realizes 82.9 tokens; its own accounting says 65.0."""
+    stages = AdaptInfer(64, schedule="paper").schedule(32, V)
+    assert [(s.layer, s.keep) for s in stages] == [(1, 133), (10, 27), (20, 3)]
+    assert realized_budget(stages, 32, V) == pytest.approx(82.875)
+    assert paper_budget(stages, 32, V) == pytest.approx(64.96875)
+    assert realized_budget(AdaptInfer(128, schedule="paper").schedule(32, V), 32, V) == pytest.approx(146.25)
+    with pytest.raises(ValueError, match=r"budget=100 has no published AdaptInfer schedule \(allowed: \[32, 48, 64, 128, 192\]\)"):
+        AdaptInfer(100, schedule="paper").schedule(32, V)
+
+
+def test_matched_schedule_keeps_the_published_ratios():
+    for budget, published in [(128, (290, 72, 18)), (64, (133, 27, 3))]:
+        stages = AdaptInfer(budget).schedule(32, V)
+        assert abs(realized_budget(stages, 32, V) - budget) <= 1
+        scale = stages[0].keep / published[0]
+        for stage, count in zip(stages, published):
+            assert abs(stage.keep - scale * count) <= 1  # same ratios, rounded
+    with pytest.raises(ValueError, match=r"budget=30 is unreachable for adaptinfer .* \(allowed: 35\.\.576\)"):
+        AdaptInfer(30).schedule(32, V)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match=r"method.schedule='published' is not allowed \(allowed: matched, paper\)"):
+        AdaptInfer(64, schedule="published")
+    with pytest.raises(ValueError, match=r"method.positions='shifted' is not allowed"):
+        AdaptInfer(64, positions="shifted")
