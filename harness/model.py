@@ -113,7 +113,8 @@ def load_llava(
     Args:
         pretrained: hub id or local directory with weights and processor (`from_pretrained`).
         config: instead of `pretrained`: "tiny" for the test model, or a directory holding a
-            `config.json` (e.g. `harness/assets/llava-1.5-7b-hf`) to build with seeded random weights.
+            `config.json` (e.g. `harness/assets/llava-1.5-7b-hf`, or just `llava-1.5-7b-hf`) to build with
+            seeded random weights.
             A directory without a tokenizer gives `processor=None`.
         num_layers: decoder layers of the tiny model.
         dtype: "auto" (fp16 on CUDA, bf16 on CPU), "float32", "bfloat16" or "float16".
@@ -136,6 +137,8 @@ def load_llava(
             llava_config = tiny_config(len(vocab), vocab[IMAGE_TOKEN], num_layers)
         else:
             path = Path(config)
+            if not path.is_dir() and (ASSETS / config).is_dir():
+                path = ASSETS / config  # a name under harness/assets
             if not (path / "config.json").is_file():
                 raise ValueError(f"model.config={config!r} is neither 'tiny' nor a directory with a config.json")
             llava_config = LlavaConfig.from_pretrained(path)
@@ -143,8 +146,8 @@ def load_llava(
             processor = AutoProcessor.from_pretrained(path) if has_tokenizer else None
         llava_config._attn_implementation = "sdpa"
         torch.manual_seed(seed)
-        with torch.device(dev):
-            model = LlavaForConditionalGeneration(llava_config).to(torch_dtype)
+        with torch.device(dev):  # built directly in the target dtype: a 7B model never exists in fp32
+            model = LlavaForConditionalGeneration._from_config(llava_config, dtype=torch_dtype)
     model = model.to(dev).eval()
     model.requires_grad_(False)
     return model, processor

@@ -1,0 +1,205 @@
+"""Performance benchmark: what each method buys in latency on the real LLaVA-1.5-7B architecture.
+
+    python -m harness.bench                       # 7B architecture, random bf16 weights on CPU (fp16 on CUDA)
+    python -m harness.bench --quick               # tiny model, 2 budgets, 1 repetition (smoke test)
+    python -m harness.bench methods=[fastv,adaptinfer] budgets=[64] reps=5
+
+A fixed prompt (576 image tokens + a GQA-length question) is timed for vanilla and every method at
+every budget in one process, after warm-up, with repetitions interleaved (vanilla, m1@b1, ..., then
+again), so machine drift affects all configurations alike. Writes `<out>/bench.json` and `bench.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness.budget import prefill_flops
+from harness.engine import PruningEngine
+from harness.results import write_json_atomic
+from harness.runner import versions
+from harness.timing import Clock, FirstLogits, peak_memory
+
+METHOD_DIR = Path(__file__).parents[1] / "conf" / "method"
+
+
+def make_method(name: str, budget: int):
+    """Instantiate conf/method/<name>.yaml at a budget."""
+    cfg = OmegaConf.create({"budget": budget, "method": OmegaConf.load(METHOD_DIR / f"{name}.yaml")})
+    return instantiate(cfg.method)
+
+
+def fixed_prompt(model, question_tokens: int, prefix_tokens: int, seed: int = 0) -> dict:
+    """input_ids `[1, prefix + 576 + question]` with one image block, and seeded pixel values."""
+    config = model.config
+    vision = config.vision_config
+    n_image = (vision.image_size // vision.patch_size) ** 2
+    gen = torch.Generator().manual_seed(seed)
+    text = torch.randint(8, config.text_config.vocab_size, (prefix_tokens + question_tokens,), generator=gen)
+    text[text == config.image_token_index] = 8  # ordinary tokens only (ids < 8 are special in the word tokenizers)
+    image = torch.full((n_image,), config.image_token_index)
+    ids = torch.cat([torch.tensor([1]), text[:prefix_tokens], image, text[prefix_tokens:]])[None]
+    device = next(model.parameters()).device
+    pixels = torch.randn(1, 3, vision.image_size, vision.image_size, generator=gen)
+    return {"input_ids": ids.to(device), "pixel_values": pixels.to(device, model.dtype)}
+
+
+def vision_flops(model) -> float:
+    """Analytic FLOPs of the CLIP tower (all layers, GELU MLP) and the projector for one image."""
+    vision, text = model.config.vision_config, model.config.text_config
+    n = (vision.image_size // vision.patch_size) ** 2 + 1
+    d, m = vision.hidden_size, vision.intermediate_size
+    tower = vision.num_hidden_layers * 2.0 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+    projector = 2.0 * (n - 1) * (d * text.hidden_size + text.hidden_size * text.hidden_size)
+    return tower + projector
+
+
+def time_once(engine: PruningEngine, inputs: dict, new_tokens: int, clock: Clock) -> dict:
+    """One generate call: prefill (to first logits), decode per token, end-to-end, scoring, KV bytes."""
+    first = FirstLogits(clock)
+    engine.state = None
+    start = clock.mark()
+    _, out = engine.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             logits_processor=[first])
+    end = clock.mark()
+    e2e = clock.ms(start, end)
+    prefill = clock.ms(start, first.mark)
+    st = engine.state
+    kv = sum(layer.keys.numel() + layer.values.numel() for layer in out["cache"].layers) * engine.model.dtype.itemsize
+    return {
+        "prefill_ms": prefill,
+        "decode_ms": (e2e - prefill) / (new_tokens - 1),
+        "e2e_ms": e2e,
+        "scoring_ms": st.scoring_s * 1000.0,
+        "kv_cache_bytes": int(kv),
+        "tokens_per_layer": list(st.tokens_per_layer),
+        "vision_per_layer": list(st.vision_per_layer),
+    }
+
+
+def run_bench(cfg: DictConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    model, _ = instantiate(cfg.model.load)
+    device = next(model.parameters()).device
+    clock = Clock(device)
+    inputs = fixed_prompt(model, cfg.question_tokens, cfg.prefix_tokens, cfg.seed)
+    text = model.config.text_config
+    missing = [m for m in cfg.methods if not (METHOD_DIR / f"{m}.yaml").exists()]
+    if missing:
+        raise ValueError(f"methods {missing} have no config in {METHOD_DIR} (known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))})")
+    methods = [m for m in cfg.methods if m not in ("vanilla", "blind")]
+    configs = [("vanilla", None)] + [(m, b) for b in cfg.budgets for m in methods]
+    engines = {}
+    for name, budget in configs:
+        engines[(name, budget)] = PruningEngine(model, make_method(name, budget or 576), time_scoring=True)
+    runs: dict[tuple, list[dict]] = {key: [] for key in configs}
+    peaks: dict[tuple, int] = {}
+    with torch.no_grad():
+        for _ in range(cfg.warmup):  # warm every code path once
+            for key in configs:
+                with engines[key]:
+                    time_once(engines[key], inputs, cfg.new_tokens, clock)
+        order = [key for _ in range(cfg.reps) for key in configs]  # interleaved repetitions
+        for key in tqdm(order, desc="bench", unit="run"):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with engines[key]:
+                runs[key].append(time_once(engines[key], inputs, cfg.new_tokens, clock))
+            peaks[key] = peak_memory(device)[0]
+
+    vision = vision_flops(model)
+    vanilla_llm = prefill_flops(runs[configs[0]][0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
+    vanilla_prefill = float(np.median([r["prefill_ms"] for r in runs[configs[0]]]))
+    rows = []
+    for (name, budget), reps in runs.items():
+        llm = prefill_flops(reps[0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
+        prefill = float(np.median([r["prefill_ms"] for r in reps]))
+        measured = vanilla_prefill / prefill
+        ideal = (vision + vanilla_llm) / (vision + llm)
+        rows.append({
+            "method": name, "budget": budget if budget else 576,
+            "avg_vision_tokens": float(np.mean(reps[0]["vision_per_layer"])),
+            "prefill_ms": prefill,
+            "decode_ms_per_token": float(np.median([r["decode_ms"] for r in reps])),
+            "e2e_ms": float(np.median([r["e2e_ms"] for r in reps])),
+            "scoring_ms": float(np.median([r["scoring_ms"] for r in reps])),
+            "scoring_share": float(np.median([r["scoring_ms"] / r["prefill_ms"] for r in reps])),
+            "prefill_tflops": (vision + llm) / 1e12,
+            "llm_prefill_tflops": llm / 1e12,
+            "flops_reduction": 1.0 - llm / vanilla_llm,
+            "speedup": measured,
+            "ideal_speedup": ideal,
+            "ideal_speedup_llm_only": vanilla_llm / llm,
+            "speedup_ratio": measured / ideal,
+            "peak_bytes": peaks[(name, budget)],
+            "kv_cache_bytes": reps[0]["kv_cache_bytes"],
+            "reps": len(reps),
+        })
+    return {
+        "model": cfg.model.name,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "timer": clock.name,
+        "threads": torch.get_num_threads(),
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "new_tokens": cfg.new_tokens,
+        "reps": cfg.reps,
+        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()},
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+        "peak_kind": peak_memory(device)[1],
+    }
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        f"# Benchmark: {report['model']} ({report['dtype']}, {report['device']}, timer {report['timer']})",
+        "",
+        f"Prompt {report['prompt_tokens']} tokens (576 image), {report['new_tokens']} new tokens, "
+        f"median of {report['reps']} interleaved repetitions, {report['date']}.",
+        "",
+        "| method | budget | tokens | prefill ms | speedup | ideal | ratio | scoring % | decode ms/tok | KV MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r['avg_vision_tokens']:.1f} | {r['prefill_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['speedup_ratio']:.2f} | "
+            f"{100 * r['scoring_share']:.2f} | {r['decode_ms_per_token']:.1f} | {r['kv_cache_bytes'] / 2**20:.1f} |"
+        )
+    lines += [
+        "",
+        "speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "
+        "ideal = the same ratio of analytic FLOPs (vision tower + projector + LLM prefill, METHODS.md); "
+        "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    report = run_bench(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", report)
+    (out / "bench.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    sys.argv = [("+preset=quick" if arg == "--quick" else arg) for arg in sys.argv]
+    main()

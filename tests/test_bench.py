@@ -1,0 +1,34 @@
+"""The benchmark's --quick smoke run: fields of bench.json and FLOPs bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_quick_bench_writes_json_and_markdown(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "harness.bench", "--quick", f"out={tmp_path}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    for key in ("model", "dtype", "device", "timer", "versions", "rows", "prompt_tokens", "new_tokens", "reps"):
+        assert key in report
+    assert report["timer"] == "perf_counter" and report["prompt_tokens"] > 576
+    rows = {(r["method"], r["budget"]): r for r in report["rows"]}
+    assert set(rows) == {("vanilla", 576), ("fastv", 192), ("fastv", 64), ("adaptinfer", 192), ("adaptinfer", 64)}
+    assert rows[("vanilla", 576)]["flops_reduction"] == 0.0 and rows[("vanilla", 576)]["speedup"] == 1.0
+    for key, row in rows.items():
+        for field in ("prefill_ms", "decode_ms_per_token", "e2e_ms", "scoring_ms", "ideal_speedup", "speedup_ratio",
+                      "peak_bytes", "kv_cache_bytes", "avg_vision_tokens"):
+            assert row[field] is not None and row[field] >= 0, (key, field)
+        if key[0] != "vanilla":
+            assert row["flops_reduction"] > 0 and row["ideal_speedup"] > 1
+            assert abs(row["avg_vision_tokens"] - key[1]) <= 1
+            assert row["kv_cache_bytes"] < rows[("vanilla", 576)]["kv_cache_bytes"]
+    assert "| fastv | 64 |" in (tmp_path / "bench.md").read_text()
