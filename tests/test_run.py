@@ -150,3 +150,21 @@ def test_undecodable_image_is_recorded_and_the_run_continues(cache, tmp_path):
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     failed = [r for r in records if r["error"]]
     assert len(failed) == 1 and failed[0]["doc_id"] == 1 and failed[0]["response"] == ""
+
+
+def test_evidence_recall_is_one_at_full_budget_and_below_one_when_pruned(cache, tmp_path):
+    """record_kept=true on the shapes tasks: the share of evidence patches that survive each stage."""
+    common = ["model=tiny_random", "tasks=shapes", "tasks.names=[shapes_gqa]", "limit=3", "max_new_tokens=1",
+              "record_kept=true", "logger=none", "method=fastv"]
+    full = run_cli([*common, "budget=576", f"hydra.run.dir={tmp_path / 'full'}"], cache)
+    pruned = run_cli([*common, "budget=40", f"hydra.run.dir={tmp_path / 'pruned'}"], cache)
+    assert full.returncode == 0 and pruned.returncode == 0, (full.stderr + pruned.stderr)[-3000:]
+    full_results = json.loads((tmp_path / "full" / "results.json").read_text())
+    pruned_results = json.loads((tmp_path / "pruned" / "results.json").read_text())
+    assert full_results["evidence_recall"] == {"2": 1.0}
+    assert 0 <= pruned_results["evidence_recall"]["2"] < 1
+    records = [json.loads(line) for line in (tmp_path / "pruned" / "samples.jsonl").read_text().splitlines()]
+    for record in records:
+        kept = set(record["kept"]["2"])
+        assert len(kept) == 4  # FastV keeps round((32*40 - 2*576) / 30) = 4 tokens
+        assert 0 <= record["evidence_recall"]["2"] <= 1
