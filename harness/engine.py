@@ -110,10 +110,11 @@ class PruningEngine:
         vision = model.config.vision_config
         self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
         self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
-        check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name,
-                       check_budget=getattr(method, "schedule_kind", "matched") == "matched")
-        self.stage_entering = {s.enters: (i, s) for i, s in enumerate(self.stages)}
         self.pre_llm = getattr(method, "pre_llm", False)
+        # A pre-LLM method has no stages: its budget is the size of what `reduce` returns (checked in `generate`).
+        check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name,
+                       check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
+        self.stage_entering = {s.enters: (i, s) for i, s in enumerate(self.stages)}
         query_rows = getattr(method, "query_rows", None)
         self.score_layers = {s.layer for s in self.stages if not s.before} if query_rows else set()
         self.sample_seed = 0
@@ -132,7 +133,8 @@ class PruningEngine:
         if self.pre_llm:
             if getattr(self.method, "needs_vision_attention", False):
                 wanted["vision_config"] = VISION_ATTN_NAME
-                vision_layers = self.model.model.vision_tower.vision_model.encoder.layers
+                tower = self.model.model.vision_tower  # CLIPVisionModel: transformers 5 has no `.vision_model` level
+                vision_layers = getattr(tower, "vision_model", tower).encoder.layers
                 feature_layer = config.vision_feature_layer % (len(vision_layers) + 1)  # -2 -> output of L-2
                 for idx, layer in enumerate(vision_layers):
                     layer.self_attn._prunebench_engine = self
@@ -358,7 +360,9 @@ class PruningEngine:
         embeds = self.model.get_input_embeddings()(input_ids)  # [1, N, d]
         kept_image = torch.arange(0, device=input_ids.device)
         n_merged = 0
-        if end > start:
+        if end > start and self.method.budget == 0:  # no image token survives (blind): skip the vision tower
+            embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
+        elif end > start:
             self.vision_capture = None
             config = self.model.config
             features = self.model.model.get_image_features(
@@ -374,6 +378,11 @@ class PruningEngine:
                 n_merged = sel.merged.shape[0]
                 parts.append(sel.merged.to(features.dtype))
             image = torch.cat(parts).to(embeds.dtype)  # [B, d]
+            if image.shape[0] != self.method.budget:
+                raise RuntimeError(
+                    f"{self.method.name} returned {kept_image.numel()} kept + {n_merged} merged image tokens, "
+                    f"expected budget={self.method.budget}"
+                )
             embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
         n_image = kept_image.numel() + n_merged
         st.image_span = (start, start + n_image)
