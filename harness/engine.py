@@ -400,7 +400,7 @@ class PruningEngine:
         """Gather the full-length layer kwargs to the current sequence of n tokens."""
         st = self.state
         if self.method.positions == "compact":
-            index = torch.arange(n, device=st.seq_positions.device)  # renumbered 0..n-1
+            index = slice(0, n)  # renumbered 0..n-1: a view, no copy
         else:
             index = st.seq_positions
         out = {}

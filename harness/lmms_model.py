@@ -103,6 +103,7 @@ class PrunedLlava(lmms):
         try:
             doc = self.task_dict[task][split][doc_id]  # decodes the image: may fail
             record["target"] = _target(doc)
+            record.update({k: doc[k] for k in ("question_id", "category") if k in doc})  # MME pairs, categories
             record.update(self._generate(context, gen_kwargs, doc_to_visual(doc), task, doc_id))
             record.update(self._engine_record(doc))
         except Exception as exc:  # a bad sample must not stop the run

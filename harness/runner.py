@@ -74,6 +74,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     results = summarize(out, records, engine, model, cfg, identity)
     results.update(started_at=started_at, finished_at=_now())
     write_json_atomic(run_dir / "results.json", results)
+
+    # 5. logger (cfg.logger; W&B by default): after results.json, so a logging failure is only a warning
+    from harness.wandb_logger import log_run
+
+    log_run(cfg, run_dir, results, records)
     return results
 
 
@@ -167,7 +172,8 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
     evidence = [r["evidence_recall"] for r in ok if r.get("evidence_recall")]
     results = {
         "schema": SCHEMA,
-        **{k: identity[k] for k in ("method", "budget", "model", "seed")},
+        **{k: identity[k] for k in ("method", "model", "seed")},
+        "budget": engine.method.budget,  # vanilla: 576, blind: 0, whatever budget= said
         "limit": cfg.limit,
         "tasks": tasks,
         "tokens": tokens,

@@ -1,0 +1,337 @@
+"""harness.leaderboard on a hand-made runs folder with known numbers, the paired bootstrap against
+an independent loop, and (slow part, one subprocess) a two-job multirun through the submitit local launcher."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import leaderboard as lb
+
+ROOT = Path(__file__).parents[1]
+BENCH = {b.name: b for b in lb.BENCHMARKS}
+POPE_SPLITS = ("pope_adversarial", "pope_popular", "pope_random")
+POPE_LABELS = ("yes", "yes", "no", "no")
+# MME fixture: 4 images x 2 questions (Yes, No); doc_id = row
+MME_IMAGES = [("existence", "existence/1.jpg"), ("existence", "existence/2.jpg"), ("color", "color/1.jpg"),
+              ("commonsense_reasoning", "commonsense_reasoning/1.png")]
+MME_ROWS = [(category, image, answer) for category, image in MME_IMAGES for answer in ("Yes", "No")]
+
+# Per method: GQA correct docs (of 10), MME correct questions (of 8), POPE predictions (each split),
+# the scores they give (worked out by hand), prefill ms, realized tokens, FLOPs reduction.
+RUNS = {
+    "vanilla": dict(gqa=range(0, 8), mme=[0, 1, 2, 4, 5, 6, 7], pope="yes yes no yes", scores=(80.0, 525.0, 80.0),
+                    prefill=100.0, tokens=576.0, reduction=0.0),
+    "fastv": dict(gqa=[0, 1, 2, 3, 4, 5, 8], mme=[0, 1, 2, 5, 6, 7], pope="yes no no no", scores=(70.0, 375.0, 200 / 3),
+                  prefill=40.0, tokens=64.2, reduction=0.889),
+    "adaptinfer": dict(gqa=range(0, 8), mme=[0, 1, 2, 4, 5, 6, 7], pope="yes yes no yes", scores=(80.0, 525.0, 80.0),
+                       prefill=50.0, tokens=63.8, reduction=0.88, paper_tokens=52.0),
+    "pool": dict(gqa=range(0, 4), mme=[2, 5, 6, 7], pope="no no no no", scores=(40.0, 275.0, 0.0),
+                 prefill=25.0, tokens=64.0, reduction=0.9),
+    "blind": dict(gqa=[0], mme=[], pope="yes yes yes yes", scores=(10.0, 0.0, 200 / 3),
+                  prefill=20.0, tokens=0.0, reduction=0.95),
+}
+# Avg = mean(score / vanilla score) x 100 over GQA, MME, POPE
+AVG = {"vanilla": 100.0, "adaptinfer": 100.0, "fastv": 100 * (70 / 80 + 375 / 525 + (200 / 3) / 80) / 3,
+       "pool": 100 * (40 / 80 + 275 / 525 + 0) / 3, "blind": 100 * (10 / 80 + 0 + (200 / 3) / 80) / 3}
+# difficult (vanilla right, pool@64 wrong): GQA docs 4-7, MME q0 q1 q4, POPE items 0 1 of each split = 13
+DIFFICULT = {"vanilla": (100.0, 13), "adaptinfer": (100.0, 13), "fastv": (100 * 7 / 13, 13), "pool": (0.0, 13),
+             "blind": (100 * 6 / 13, 13)}
+
+
+def write_run(run_dir: Path, method: str, budget: int, spec: dict, data: dict, finished: str = "2026-11-25T10:00:00+00:00",
+              scores: tuple | None = None) -> None:
+    run_dir.mkdir(parents=True)
+    records = []
+    for doc_id in range(10):
+        records.append({"task": "gqa", "doc_id": doc_id, "target": "red",
+                        "response": "The red." if doc_id in spec["gqa"] else "blue"})
+    for doc_id, (_, _, answer) in enumerate(MME_ROWS):
+        wrong = {"Yes": "No", "No": "Yes"}[answer]
+        records.append({"task": "mme", "doc_id": doc_id, "target": answer,
+                        "response": answer if doc_id in spec["mme"] else wrong})
+    for split in POPE_SPLITS:
+        for doc_id, (pred, label) in enumerate(zip(spec["pope"].split(), POPE_LABELS)):
+            records.append({"task": split, "doc_id": doc_id, "target": label, "response": pred.capitalize() + "."})
+    for record in records:
+        record.update(error=None, prefill_ms=spec["prefill"], decode_ms=1.0, n_new_tokens=2, vision_per_layer=[])
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    gqa, mme, pope = scores or spec["scores"]
+    tasks = {"gqa": {"metrics": {"exact_match": gqa}, "n": 10, "n_failed": 0},
+             "mme": {"metrics": {"mme_total": mme, "mme_perception": float("nan")}, "n": 8, "n_failed": 0},
+             "pope": {"metrics": {"pope_f1": pope}, "n": 12, "n_failed": 0},
+             **{split: {"metrics": {"pope_f1": pope}, "n": 4, "n_failed": 0} for split in POPE_SPLITS}}
+    tokens = {"vision_per_layer": [], "avg_vision_tokens": spec["tokens"]}
+    if "paper_tokens" in spec:
+        tokens["avg_vision_tokens_paper"] = spec["paper_tokens"]
+    results = {
+        "schema": 1, "method": method, "budget": budget, "model": "handmade_model", "seed": 0, "limit": None,
+        "tasks": tasks, "tokens": tokens,
+        "latency_ms": {"prefill": {"mean": spec["prefill"], "p50": spec["prefill"], "p90": spec["prefill"]}},
+        "flops": {"prefill_tflops": 1.0, "vanilla_prefill_tflops": 1.0, "reduction": spec["reduction"]},
+        "config": {"tasks": {"names": ["gqa", "mme", "pope"], "data": data}},
+        "started_at": finished, "finished_at": finished,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """vanilla, fastv/adaptinfer/pool at 64, blind, and an older vanilla (must be ignored)."""
+    from datasets import Dataset, DatasetDict
+
+    root = tmp_path_factory.mktemp("handmade")
+    meta = root / "mme_meta"  # MME's image and category per doc come from the dataset the run used
+    DatasetDict({"test": Dataset.from_dict({"question_id": [r[1] for r in MME_ROWS],
+                                            "category": [r[0] for r in MME_ROWS]})}).save_to_disk(meta)
+    data = {"gqa": "lmms-lab/GQA", "mme": str(meta), "pope": "lmms-lab/POPE"}
+    sweep = root / "sweep"
+    for method, spec in RUNS.items():
+        write_run(sweep / f"{method}-64", method, 64, spec, data)
+    write_run(root / "old" / "vanilla-128", "vanilla", 128, RUNS["vanilla"], data,
+              finished="2026-11-24T10:00:00+00:00", scores=(10.0, 10.0, 10.0))
+    return root
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = lb.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows}
+
+
+def test_markdown_columns_avg_speedup_difficult_and_ci(runs_dir, capsys):
+    code, out, err = run_cli([runs_dir, "--bootstrap", "200"], capsys)
+    assert code == 0, err
+    assert "2 runs of vanilla" in err and "using the newest" in err  # the older vanilla is ignored
+    rows = markdown_rows(out)
+    header = rows.pop("Method")
+    assert header == ["Method", "Budget", "GQA", "MME P+C", "POPE F1", "Avg", "Difficult", "Tokens", "Tokens (paper)",
+                      "Prefill ms", "Speedup", "FLOPs ↓"]
+    assert [r for r in rows if r != "---"] == ["vanilla", "adaptinfer", "fastv", "pool", "blind"]  # order
+    col = {name: i for i, name in enumerate(header)}
+    for method, spec in RUNS.items():
+        cells = rows[method]
+        for i, bench in enumerate(("GQA", "MME P+C", "POPE F1")):
+            assert cells[col[bench]].startswith(f"{spec['scores'][i]:.1f}"), (method, bench, cells)
+        assert cells[col["Avg"]] == f"{AVG[method]:.1f}"
+        acc, n = DIFFICULT[method]
+        assert cells[col["Difficult"]] == f"{acc:.1f} (n={n})"
+        assert cells[col["Speedup"]] == f"{100.0 / spec['prefill']:.2f}×"
+        assert cells[col["Prefill ms"]] == f"{spec['prefill']:.1f}"
+        assert cells[col["FLOPs ↓"]] == f"{100 * spec['reduction']:.1f}%"
+    assert rows["vanilla"][col["Budget"]] == "—" and rows["blind"][col["Budget"]] == "—"
+    assert rows["fastv"][col["Budget"]] == "64"
+    assert rows["blind"][col["Tokens"]] == "0.0" and rows["fastv"][col["Tokens"]] == "64.2"
+    assert rows["adaptinfer"][col["Tokens (paper)"]] == "52.0" and rows["fastv"][col["Tokens (paper)"]] == "—"
+    # adaptinfer answers exactly like vanilla: difference 0, CI [0, 0]; vanilla itself has no CI
+    assert rows["adaptinfer"][col["GQA"]] == "80.0 (+0.0 [+0.0, +0.0])"
+    assert rows["adaptinfer"][col["MME P+C"]] == "525.0 (+0.0 [+0.0, +0.0])"
+    assert rows["vanilla"][col["GQA"]] == "80.0"
+    assert "−10.0 [" in rows["fastv"][col["GQA"]]  # 70 - 80
+    assert "Not significantly different" in out
+
+
+def test_difficult_subset_table(runs_dir, capsys):
+    code, out, err = run_cli([runs_dir, "--subset", "difficult"], capsys)
+    assert code == 0, err
+    rows = markdown_rows(out)
+    header = rows.pop("Method")
+    assert "Difficult" not in header and "difficult subset" in out
+    col = {name: i for i, name in enumerate(header)}
+    assert rows["fastv"][col["GQA"]] == "50.0 (n=4)"        # docs 4, 5 of 4-7
+    assert rows["fastv"][col["MME P+C"]] == f"{200 / 3:.1f} (n=3)"
+    assert rows["fastv"][col["POPE F1"]] == "50.0 (n=6)"
+    assert rows["pool"][col["GQA"]] == "0.0 (n=4)" and rows["vanilla"][col["POPE F1"]] == "100.0 (n=6)"
+
+
+def test_latex_and_csv(runs_dir, capsys, tmp_path):
+    code, _, err = run_cli([runs_dir, "--format", "latex", "--bootstrap", "50", "--out", tmp_path / "t.tex"], capsys)
+    assert code == 0, err
+    tex = (tmp_path / "t.tex").read_text()
+    for part in ("\\begin{tabular}", "\\toprule", "\\midrule", "\\bottomrule", "handmade\\_model", "\\end{table}"):
+        assert part in tex, part
+    body = tex.split("\\toprule")[1].split("\\bottomrule")[0]
+    assert "_" not in body.replace("\\_", "")  # underscores escaped
+    lines = [line for line in body.splitlines() if line.endswith("\\\\")]
+    assert len({line.count(" & ") for line in lines}) == 1 and len(lines) == 6  # header + 5 rows, same width
+
+    code, out, err = run_cli([runs_dir, "--format", "csv", "--bootstrap", "50"], capsys)
+    assert code == 0, err
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert list(rows) == ["vanilla", "adaptinfer", "fastv", "pool", "blind"]
+    assert float(rows["fastv"]["gqa"]) == 70.0 and float(rows["fastv"]["gqa_diff"]) == pytest.approx(-10.0)
+    assert float(rows["fastv"]["gqa_ci_low"]) <= -10.0 <= float(rows["fastv"]["gqa_ci_high"])
+    assert float(rows["adaptinfer"]["mme_pc_ci_low"]) == 0.0 == float(rows["adaptinfer"]["mme_pc_ci_high"])
+    assert float(rows["fastv"]["avg"]) == pytest.approx(AVG["fastv"], abs=1e-3)
+    assert float(rows["pool"]["speedup"]) == 4.0 and float(rows["fastv"]["flops_reduction_pct"]) == pytest.approx(88.9)
+    assert int(rows["fastv"]["difficult_n"]) == 13 and rows["vanilla"]["budget"] == "" and rows["blind"]["tokens"] == "0"
+    assert rows["vanilla"]["gqa_diff"] == ""
+
+
+def test_missing_vanilla_is_a_message_and_a_dash(runs_dir, capsys, tmp_path):
+    code, out, err = run_cli([runs_dir / "sweep" / "fastv-64", "--bootstrap", "0", "--plot", tmp_path / "p"], capsys)
+    assert code == 0
+    assert "no vanilla run" in err
+    rows = markdown_rows(out)
+    header = rows.pop("Method")
+    assert rows["fastv"][header.index("Avg")] == "—" and rows["fastv"][header.index("GQA")] == "70.0"
+    assert (tmp_path / "p_budget.png").stat().st_size > 0 and (tmp_path / "p_latency.png").stat().st_size > 0
+
+
+def test_empty_dir_is_an_error(tmp_path, capsys):
+    code, _, err = run_cli([tmp_path], capsys)
+    assert code == 2 and "no results.json" in err
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+def scored(kind: str, correct: list[bool], **extra) -> dict:
+    bench = lb.Benchmark("x", ("t",), "m", kind)
+    units = {}
+    for i, ok in enumerate(correct):
+        unit = {"correct": ok}
+        if kind == "mme":
+            unit.update(image=f"img{i // 2}", category=("existence", "color")[(i // 2) % 2])
+        units[("t", i)] = unit
+    return bench, units
+
+
+@pytest.mark.parametrize("kind", ["accuracy", "mme"])
+def test_bootstrap_known_answers(kind):
+    boot = lb.PairedBootstrap(1000, seed=0)
+    bench, right = scored(kind, [True] * 20)
+    _, same = scored(kind, [True] * 20)
+    assert boot.difference(bench, right, same) == (0.0, 0.0, 0.0)  # identical runs
+    _, wrong = scored(kind, [False] * 20)
+    expected = -100.0 if kind == "accuracy" else -400.0  # MME: two categories x (acc + acc+)
+    diff, low, high = boot.difference(bench, wrong, right)
+    assert diff == low == high == pytest.approx(expected)  # wrong wherever vanilla is right: one negative value
+
+
+def test_bootstrap_matches_an_independent_loop():
+    """Seeded resamples scored with the tasks' own aggregation functions, one resample at a time."""
+    utils = lb.task_module("utils")
+    rng = np.random.default_rng(1)
+    B, seed = 200, 7
+    answers = {"yes": "no", "no": "yes"}
+
+    # POPE: two splits; method misses one sample (pairing keeps the common ones)
+    records = {"m": {}, "v": {}}
+    for split in ("pope_adversarial", "pope_random"):
+        for doc_id in range(15):
+            label = "yes" if doc_id % 2 else "no"
+            for run, p_right in (("m", 0.6), ("v", 0.85)):
+                pred = label if rng.random() < p_right else answers[label]
+                records[run][(split, doc_id)] = {"task": split, "doc_id": doc_id, "target": label, "response": pred}
+    del records["m"][("pope_random", 3)]
+    # MME: 6 images in 2 categories, 2 questions each
+    mme_meta = {i: {"question_id": f"{('existence', 'color')[i % 2]}/{i // 2}.jpg", "category": ("existence", "color")[i % 2]}
+                for i in range(12)}
+    mme_records = {run: {("mme", i): {"task": "mme", "doc_id": i, "target": ("Yes", "No")[i % 2],
+                                     "response": ("Yes", "No")[(i + (rng.random() < p)) % 2]}
+                         for i in range(12)} for run, p in (("m", 0.4), ("v", 0.1))}
+
+    def lib_scores(bench, recs, meta=None):
+        return {k: lb.score_sample(bench, r, (meta or {}).get(k[1])) for k, r in recs.items()}
+
+    pope, mme = BENCH["POPE F1"], BENCH["MME P+C"]
+    boot = lb.PairedBootstrap(B, seed)
+    got_pope = boot.difference(pope, lib_scores(pope, records["m"]), lib_scores(pope, records["v"]))
+    got_mme = boot.difference(mme, lib_scores(mme, mme_records["m"], mme_meta), lib_scores(mme, mme_records["v"], mme_meta))
+
+    # independent: lmms-eval records from process_results, aggregated by the task's functions per resample
+    def raw(recs, key, meta=None):
+        r = recs[key]
+        doc = {"answer": r["target"], "question_id": str(r["doc_id"]), **(meta or {})}
+        process = utils.pope_process_results if key[0] != "mme" else utils.mme_process_results
+        return process(doc, [r["response"]])
+
+    keys = sorted(set(records["m"]) & set(records["v"]))
+    splits = [[k for k in keys if k[0] == s] for s in ("pope_adversarial", "pope_random")]
+    diffs = []
+    for b, draws in enumerate(_per_replicate([len(s) for s in splits], B, seed)):
+        f1 = {run: np.mean([utils.pope_aggregate_f1([raw(records[run], split[i])["pope_f1"] for i in idx])
+                            for split, idx in zip(splits, draws)]) for run in ("m", "v")}
+        diffs.append(f1["m"] - f1["v"])
+    expected = np.percentile(diffs, [2.5, 97.5])
+    full = {run: np.mean([utils.pope_aggregate_f1([raw(records[run], k)["pope_f1"] for k in split]) for split in splits])
+            for run in ("m", "v")}
+    assert got_pope[0] == pytest.approx(full["m"] - full["v"])
+    assert got_pope[1:] == pytest.approx(tuple(expected))
+
+    # MME strata: per category (sorted), units = images (sorted); a drawn image keeps both questions
+    images = {c: sorted({m["question_id"] for m in mme_meta.values() if m["category"] == c}) for c in ("color", "existence")}
+    strata = [images["color"], images["existence"]]
+    diffs = []
+    for draws in _per_replicate([len(s) for s in strata], B, seed):
+        total = {}
+        for run in ("m", "v"):
+            resampled = []
+            for stratum, idx in zip(strata, draws):
+                for j, i in enumerate(idx):  # a drawn image twice counts as two images: relabel it
+                    for doc_id, m in mme_meta.items():
+                        if m["question_id"] == stratum[i]:
+                            rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], question_id=f"{stratum[i]}#{j}")
+                            resampled.append(rec)
+            total[run] = utils.mme_aggregate_total(resampled)
+        diffs.append(total["m"] - total["v"])
+    assert got_mme[1:] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+
+
+def _per_replicate(sizes, B, seed):
+    """lb.resample_indices' draws, one replicate at a time."""
+    for chunk in lb.resample_indices(sizes, B, seed):
+        for row in range(chunk[0].shape[0]):
+            yield [idx[row] for idx in chunk]
+
+
+def test_bootstrap_1000_is_fast():
+    import time
+
+    bench, a = scored("accuracy", list(np.random.default_rng(0).random(5000) < 0.7))
+    _, b = scored("accuracy", list(np.random.default_rng(1).random(5000) < 0.8))
+    start = time.perf_counter()
+    diff, low, high = lb.PairedBootstrap(1000, 0).difference(bench, a, b)
+    assert time.perf_counter() - start < 10
+    assert low < diff < high < 0
+
+
+def test_every_benchmark_task_has_a_yaml_and_a_scorer():
+    for bench in lb.BENCHMARKS:
+        for task in bench.tasks:
+            assert callable(lb.task_function(task, "process_results")), task
+
+
+# ---------------------------------------------------------------- sweep through the submitit local launcher
+
+def test_submitit_local_multirun_and_leaderboard(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", "hydra/launcher=local", "method=vanilla,fastv", "budget=64", "model=tiny_random",
+         "tasks=fixtures", "tasks.names=[gqa,pope_random]", "limit=2", "max_new_tokens=2", "logger=none",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = sorted(p.parent.relative_to(sweep).as_posix() for p in sweep.rglob("results.json"))
+    assert found == ["tiny_random/fixtures/fastv-64", "tiny_random/fixtures/vanilla-64"]
+    code, out, err = run_cli([sweep, "--bootstrap", "100"], capsys)
+    assert code == 0, err
+    rows = markdown_rows(out)
+    header = rows.pop("Method")
+    assert header[2:4] == ["GQA", "POPE F1"]
+    assert rows["vanilla"][header.index("Avg")] == "100.0" and "fastv" in rows
