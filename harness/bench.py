@@ -11,7 +11,6 @@ again), so machine drift affects all configurations alike. Writes `<out>/bench.j
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -21,22 +20,16 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.budget import prefill_flops
 from harness.engine import PruningEngine
+from harness.methods import METHOD_CONF, load_method
 from harness.results import write_json_atomic
 from harness.runner import versions
 from harness.timing import Clock, FirstLogits, peak_memory
 
-METHOD_DIR = Path(__file__).parents[1] / "conf" / "method"
-
-
-def make_method(name: str, budget: int):
-    """Instantiate conf/method/<name>.yaml at a budget."""
-    cfg = OmegaConf.create({"budget": budget, "method": OmegaConf.load(METHOD_DIR / f"{name}.yaml")})
-    return instantiate(cfg.method)
 
 
 def fixed_prompt(model, question_tokens: int, prefix_tokens: int, seed: int = 0) -> dict:
@@ -94,14 +87,14 @@ def run_bench(cfg: DictConfig) -> dict:
     clock = Clock(device)
     inputs = fixed_prompt(model, cfg.question_tokens, cfg.prefix_tokens, cfg.seed)
     text = model.config.text_config
-    missing = [m for m in cfg.methods if not (METHOD_DIR / f"{m}.yaml").exists()]
+    missing = [m for m in cfg.methods if not (METHOD_CONF / f"{m}.yaml").exists()]
     if missing:
-        raise ValueError(f"methods {missing} have no config in {METHOD_DIR} (known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))})")
+        raise ValueError(f"methods {missing} have no config in {METHOD_CONF} (known: {sorted(p.stem for p in METHOD_CONF.glob('*.yaml'))})")
     methods = [m for m in cfg.methods if m not in ("vanilla", "blind")]
     configs = [("vanilla", None)] + [(m, b) for b in cfg.budgets for m in methods]
     engines = {}
     for name, budget in configs:
-        engines[(name, budget)] = PruningEngine(model, make_method(name, budget or 576), time_scoring=True)
+        engines[(name, budget)] = PruningEngine(model, load_method(name, budget or 576), time_scoring=True)
     runs: dict[tuple, list[dict]] = {key: [] for key in configs}
     peaks: dict[tuple, int] = {}
     with torch.no_grad():

@@ -63,7 +63,7 @@ def test_kept_sets_and_logits_match_a_hand_rebuilt_reference(tiny, prompts, budg
             logits = model(**inputs).logits
         ids = inputs["input_ids"][0]
         where = (ids == model.config.image_token_index).nonzero().flatten()
-        start, end = int(where[0]), int(where[-1]) + 1
+        start = int(where[0])
         hidden = model(**inputs, output_hidden_states=True).hidden_states[0]  # embeddings [1, N, d]
         image = torch.arange(V)  # original image indices of the current image block
         layer_at = 0

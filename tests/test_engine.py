@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from harness.engine import PruningEngine
+from harness.methods import load_method
 
-METHOD_DIR = Path(__file__).parents[1] / "conf" / "method"
+
 V = 576  # budget = 576 equals vanilla for every method: tests/test_methods.py
-
-
-def make_method(name: str, budget, **overrides):
-    """Instantiate conf/method/<name>.yaml at a budget, as run.py does."""
-    cfg = OmegaConf.create({"budget": budget, "method": OmegaConf.load(METHOD_DIR / f"{name}.yaml")})
-    for key, value in overrides.items():
-        cfg.method[key] = value
-    return instantiate(cfg.method)
 
 
 def image_span(inputs, model) -> tuple[int, int]:
@@ -85,7 +75,7 @@ def test_fastv_kept_indices_match_eager_reference(tiny, prompts, budget):
                 attentions = model(**inputs, output_attentions=True).attentions
             finally:
                 model.set_attn_implementation({"text_config": "sdpa"})
-            method = make_method("fastv", budget)
+            method = load_method("fastv", budget)
             engine = PruningEngine(model, method, record_kept=True)
             with engine:
                 model(**inputs)
@@ -102,7 +92,7 @@ def test_pruned_logits_match_masked_reference(tiny, prompts, name, budget):
     model, _ = tiny
     inputs = prompts[1]
     start, _ = image_span(inputs, model)
-    method = make_method(name, budget)
+    method = load_method(name, budget)
     with torch.no_grad():
         engine = PruningEngine(model, method, record_kept=True)
         engine.sample_seed = 7
@@ -126,7 +116,7 @@ def test_compact_positions_match_rebuilt_sequence(tiny, prompts):
     model, _ = tiny
     inputs = prompts[2]
     start, end = image_span(inputs, model)
-    method = make_method("random", 300, positions="compact")
+    method = load_method("random", 300, positions="compact")
     lm = model.model.language_model
     with torch.no_grad():
         engine = PruningEngine(model, method, record_kept=True)
@@ -153,7 +143,7 @@ def test_kv_cache_and_vision_counts_follow_schedule(tiny, prompts, budget):
     model, _ = tiny
     inputs = prompts[0]
     num_layers = model.config.text_config.num_hidden_layers
-    method = make_method("fastv", budget)
+    method = load_method("fastv", budget)
     n = inputs["input_ids"].shape[1]
     with torch.no_grad():
         engine = PruningEngine(model, method)
@@ -177,7 +167,7 @@ def test_engine_uses_sdpa_not_eager(tiny, prompts, monkeypatch):
 
     monkeypatch.setattr(llama, "eager_attention_forward", fail)
     model, _ = tiny
-    with torch.no_grad(), PruningEngine(model, make_method("fastv", 300)):
+    with torch.no_grad(), PruningEngine(model, load_method("fastv", 300)):
         model.generate(**prompts[0], max_new_tokens=3, do_sample=False)
 
 
@@ -186,7 +176,7 @@ def test_detach_restores_vanilla(tiny, prompts):
     inputs = prompts[0]
     with torch.no_grad():
         ref = model(**inputs).logits
-        engine = PruningEngine(model, make_method("fastv", 300)).attach()
+        engine = PruningEngine(model, load_method("fastv", 300)).attach()
         assert model(**inputs).logits.shape[1] < ref.shape[1]
         engine.detach()
         after = model(**inputs).logits
@@ -210,4 +200,4 @@ def test_detach_restores_vanilla(tiny, prompts):
 def test_bad_budget_is_a_clear_error(tiny, name, budget, message):
     model, _ = tiny
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        PruningEngine(model, make_method(name, budget))
+        PruningEngine(model, load_method(name, budget))

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from harness.budget import realized_budget, vision_per_layer
 from harness.engine import PruningEngine
+from harness.methods import METHOD_CONF, load_method, method_names
 
-METHOD_DIR = Path(__file__).parents[1] / "conf" / "method"
-METHODS = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+METHODS = method_names()
 NO_BUDGET = {"vanilla", "blind"}  # they ignore the budget by definition
 V, L = 576, 32
-
-
-def make_method(name: str, budget, **overrides):
-    cfg = OmegaConf.create({"budget": budget, "method": OmegaConf.load(METHOD_DIR / f"{name}.yaml")})
-    for key, value in overrides.items():
-        cfg.method[key] = value
-    return instantiate(cfg.method)
 
 
 def test_every_method_config_instantiates():
     assert {"vanilla", "fastv", "random", "adaptinfer"} <= set(METHODS)
     for name in METHODS:
-        method = make_method(name, 192)
+        method = load_method(name, 192)
         assert method.name == name
-        assert OmegaConf.load(METHOD_DIR / f"{name}.yaml")._target_.startswith("harness.methods.")
-        first_line = (METHOD_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        assert OmegaConf.load(METHOD_CONF / f"{name}.yaml")._target_.startswith("harness.methods.")
+        first_line = (METHOD_CONF / f"{name}.yaml").read_text().splitlines()[0]
         assert first_line.startswith("# python run.py method="), f"{name}.yaml must open with its command"
 
 
@@ -39,7 +30,7 @@ def test_every_method_config_instantiates():
 @pytest.mark.parametrize("budget", [192, 128, 64])
 def test_matched_budget_is_realized_on_the_7b_layout(name, budget):
     """Realized mean of image tokens entering each layer (merged included) = budget +-1 on 32 layers, 576 tokens."""
-    method = make_method(name, budget)
+    method = load_method(name, budget)
     stages = method.schedule(L, V)
     if getattr(method, "pre_llm", False):
         assert stages == []
@@ -56,7 +47,7 @@ def test_full_budget_is_exactly_vanilla(tiny, prompts, name):
     kwargs = dict(max_new_tokens=4, do_sample=False, output_logits=True)
     with torch.no_grad():
         ref = model.generate(**inputs, **kwargs, return_dict_in_generate=True)
-        engine = PruningEngine(model, make_method(name, V))
+        engine = PruningEngine(model, load_method(name, V))
         with engine:
             new_tokens, out = engine.generate(inputs, **kwargs)
     assert torch.equal(new_tokens, ref.sequences[0, n:])
@@ -69,7 +60,7 @@ def test_full_budget_is_exactly_vanilla(tiny, prompts, name):
 def test_engine_follows_the_schedule(tiny, prompts, name):
     """At budget 192 the engine's recorded per-layer counts are the schedule's, and their mean is the budget."""
     model, _ = tiny
-    method = make_method(name, 192)
+    method = load_method(name, 192)
     with torch.no_grad():
         engine = PruningEngine(model, method, record_kept=True)
         engine.sample_seed = 11
@@ -88,4 +79,4 @@ def test_engine_follows_the_schedule(tiny, prompts, name):
 def test_bad_budget_names_the_value(tiny, name, budget):
     model, _ = tiny
     with pytest.raises(ValueError, match=f"budget={budget!r}" if isinstance(budget, str) else f"budget={budget}"):
-        PruningEngine(model, make_method(name, budget))
+        PruningEngine(model, load_method(name, budget))

@@ -4,28 +4,18 @@ random LLaVA in fp32, against hand references."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from harness.engine import PruningEngine
+from harness.methods import load_method
 from harness.methods.base import PreLLMContext
 from harness.methods.pool import Pool
 from harness.methods.visionzip import merge_contextual
 
-METHOD_DIR = Path(__file__).parents[1] / "conf" / "method"
+
 V = 576
-
-
-def make_method(name: str, budget, **overrides):
-    """conf/method/<name>.yaml at a budget, as run.py instantiates it."""
-    cfg = OmegaConf.create({"budget": budget, "method": OmegaConf.load(METHOD_DIR / f"{name}.yaml")})
-    for key, value in overrides.items():
-        cfg.method[key] = value
-    return instantiate(cfg.method)
 
 
 def image_span(inputs, model) -> tuple[int, int]:
@@ -69,7 +59,7 @@ def image_features(model, inputs) -> torch.Tensor:
 @pytest.mark.parametrize("budget,grid", [(192, (16, 12)), (128, (16, 8)), (64, (8, 8)), (63, (9, 7)), (576, (24, 24))])
 def test_pool_grid_and_values_match_hand_average(budget, grid):
     """h x w tokens, row-major; each the plain mean of its adaptive-pooling cells of the 24x24 grid."""
-    method = make_method("pool", budget)
+    method = load_method("pool", budget)
     assert method.schedule(32, V) == [] and method.grid == grid
     features = torch.randn(V, 16, generator=torch.Generator().manual_seed(budget))
     sel = method.reduce(PreLLMContext(features, None, None, torch.Generator()))
@@ -111,7 +101,7 @@ def test_full_budget_equals_vanilla(tiny, prompts, vanilla_generation, name, ove
     model, _ = tiny
     inputs = prompts[0]
     ref = vanilla_generation
-    engine, new_tokens, out, _ = run_engine(model, make_method(name, V, **overrides), inputs, max_new_tokens=3)
+    engine, new_tokens, out, _ = run_engine(model, load_method(name, V, **overrides), inputs, max_new_tokens=3)
     assert all((a - b).abs().max().item() == 0.0 for a, b in zip(out.logits, ref.logits))
     assert torch.equal(new_tokens, ref.sequences[0, inputs["input_ids"].shape[1]:])
     assert engine.state.vision_per_layer == [V] * 32
@@ -125,7 +115,7 @@ def test_blind_removes_the_image_and_ignores_it(tiny, prompts):
     results = []
     for image in (0, 1):  # the prompt of prompts[0] with the images of prompts[0] and prompts[1]
         inputs = {**prompts[0], "pixel_values": prompts[image]["pixel_values"]}
-        method = make_method("blind", 192)
+        method = load_method("blind", 192)
         engine, new_tokens, out, embeds = run_engine(model, method, inputs, max_new_tokens=3)
         ids = inputs["input_ids"][0]
         text_ids = ids[ids != model.config.image_token_index]
@@ -143,7 +133,7 @@ def test_blind_removes_the_image_and_ignores_it(tiny, prompts):
 @pytest.mark.parametrize("budget,split", [(192, (162, 30)), (128, (108, 20)), (64, (54, 10)), (100, (84, 16)),
                                           (1, (1, 0)), (576, (576, 0))])
 def test_visionzip_splits(budget, split):
-    method = make_method("visionzip", budget)
+    method = load_method("visionzip", budget)
     assert method.schedule(32, V) == [] and method.split == split
 
 
@@ -168,7 +158,7 @@ def test_visionzip_matches_eager_vision_attention_and_hand_merge(tiny, prompts):
         x = layer.layer_norm1(vision.hidden_states[-3][0])  # the input of encoder layer -2, [V+1, dv]
         keys = layer.self_attn.k_proj(x).view(V + 1, -1, layer.self_attn.head_dim)[1:].mean(1)  # [V, dh] mean over heads
 
-    engine, _, _, embeds = run_engine(model, make_method("visionzip", 64), inputs)
+    engine, _, _, embeds = run_engine(model, load_method("visionzip", 64), inputs)
     start, _ = image_span(inputs, model)
     dominant = sorted(torch.topk(cls_attn, 54).indices.tolist())
     assert engine.state.kept[0] == dominant
@@ -190,7 +180,7 @@ def test_visionzip_matches_eager_vision_attention_and_hand_merge(tiny, prompts):
 
 
 def test_visionzip_full_budget_keeps_everything_in_order():
-    method = make_method("visionzip", V)
+    method = load_method("visionzip", V)
     method.schedule(32, V)
     gen = torch.Generator().manual_seed(0)
     ctx = PreLLMContext(torch.randn(V, 8, generator=gen), torch.rand(2, V + 1, generator=gen),
@@ -215,8 +205,8 @@ def test_random_prellm_is_seeded_per_sample(tiny, prompts):
     """B uniformly random tokens, sorted; the set is a function of the per-sample seed (engine: seed * 1000)."""
     model, _ = tiny
     inputs = prompts[0]
-    method = make_method("random", 64, stage="prellm")
-    assert method.pre_llm and not make_method("random", 64).pre_llm
+    method = load_method("random", 64, stage="prellm")
+    assert method.pre_llm and not load_method("random", 64).pre_llm
     kept = {}
     for seed in (5, 6):
         engine, _, _, embeds = run_engine(model, method, inputs, seed=seed)
