@@ -111,7 +111,8 @@ def load_llava(
     """Load LLaVA with SDPA attention, in eval mode.
 
     Args:
-        pretrained: hub id or local directory with weights and processor (`from_pretrained`).
+        pretrained: hub id, local directory, or the name of a checkpoint under harness/assets
+            (`tiny-llava-shapes`), with weights and processor (`from_pretrained`).
         config: instead of `pretrained`: "tiny" for the test model, or a directory holding a
             `config.json` (e.g. `harness/assets/llava-1.5-7b-hf`, or just `llava-1.5-7b-hf`) to build with
             seeded random weights.
@@ -126,6 +127,8 @@ def load_llava(
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if pretrained is not None:
+        if not Path(pretrained).is_dir() and (ASSETS / pretrained).is_dir():
+            pretrained = str(ASSETS / pretrained)  # a checkpoint shipped under harness/assets
         model = LlavaForConditionalGeneration.from_pretrained(
             pretrained, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=False
         )
