@@ -7,6 +7,7 @@ most the sample in flight; a rerun in the same run dir reads it and skips what i
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,13 +15,24 @@ from pathlib import Path
 SCHEMA = 1
 
 
+def _finite(value):
+    """NaN / inf (e.g. a metric over zero samples) become null: results.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then rename over `path`."""
+    """Write strict JSON to a temp file in the same directory, fsync, then rename over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
+            json.dump(_finite(data), f, indent=2, default=str, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
