@@ -22,7 +22,7 @@ def run_cli(args: list[str], cache: Path, wait: bool = True, **kwargs):
     env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
     cmd = [sys.executable, "run.py", *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # never blocks on a full pipe
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
