@@ -10,9 +10,10 @@ embeddings, ~2.5 M parameters, fp32). Three stages, each resumable from `--workd
 (written atomically every `--checkpoint-minutes`):
 
 1. vision: the tower and projector alone, densely supervised. Linear heads on the layer -2 patch
-   features (and on the projector output) predict, per patch, the colour, shape, size, block row,
-   block column of the object covering it (or background) and whether the patch is the object's
-   first evidence patch ("anchor", a handle for counting); heads on the CLS token predict the set
+   features (and on the projector output) predict, per patch, the colour, shape and size of the
+   object covering it (or background), the patch's own row and column (every patch, so that the
+   layout survives renumbered positions) and whether the patch is the object's first evidence
+   patch ("anchor", a handle for counting); heads on the CLS token predict the set
    of (colour, shape) pairs and the number of objects (CLIP-like global content). Stops when the
    held-out per-patch accuracies pass `--vision-target` or after `--minutes-vision`.
 2. lm: tower frozen, projector + language model trained on the answer tokens (+ `</s>`) of packed
@@ -33,15 +34,18 @@ attention is never supervised: that would build one pruning method's criterion i
 
 from __future__ import annotations
 
+import os
+
+# Sleep rather than spin while waiting for OpenMP work: on a shared 2-core machine spinning threads
+# of concurrent torch processes slow each other down several-fold. Must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import importlib.util
-import itertools
 import json
 import math
-import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -50,10 +54,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    AttentionInterface,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from harness.model import IMAGE_TOKEN, build_word_processor, load_llava
 from harness.shapes import data
@@ -69,8 +81,8 @@ PATCH_HEADS = {  # per-patch classes; 0 = background
     "colour": 1 + len(data.COLOURS),
     "shape": 1 + len(data.SHAPES),
     "size": 1 + len(data.SIZES),
-    "row": 1 + data.GRID,
-    "col": 1 + data.GRID,
+    "row": 1 + data.GRID,  # every patch's own row / column (class 0 unused): keeps the spatial
+    "col": 1 + data.GRID,  # layout readable from the features when positions are renumbered
     "anchor": 2,
 }
 TASKS = (
@@ -140,13 +152,13 @@ def tower_hidden(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> 
 def patch_labels(scene: data.Scene) -> dict[str, np.ndarray]:
     """Per-patch class of every PATCH_HEADS head ([576] int64 each; 0 = background)."""
     labels = {name: np.zeros(N_PATCHES, dtype=np.int64) for name in PATCH_HEADS}
+    labels["row"] = 1 + np.arange(N_PATCHES) // data.GRID  # every patch's own grid row and column
+    labels["col"] = 1 + np.arange(N_PATCHES) % data.GRID
     for obj in scene.objects:
         evidence = obj.evidence
         labels["colour"][evidence] = 1 + COLOUR_INDEX[obj.colour]
         labels["shape"][evidence] = 1 + SHAPE_INDEX[obj.shape]
         labels["size"][evidence] = 1 + list(data.SIZES).index(obj.size)
-        labels["row"][evidence] = 1 + obj.row
-        labels["col"][evidence] = 1 + obj.col
         labels["anchor"][evidence[0]] = 1
     return labels
 
@@ -442,6 +454,49 @@ def collate(seqs: list[Sequence], layout: Layout, pad_id: int) -> Batch:
     )
 
 
+@dataclass
+class PackedMask:
+    """Attention mask of a packed batch, handed through the decoder layers to `packed_attention`.
+
+    The first `n_prefix` positions (`<s> USER:` + image block, the same count in every row) attend
+    causally among themselves; the other rows (question blocks, padding) use `text`
+    [B, 1, L - n_prefix, L], additive float (0 = attend).
+    """
+
+    n_prefix: int
+    text: torch.Tensor
+
+    @classmethod
+    def from_bool(cls, mask: torch.Tensor, n_prefix: int) -> PackedMask:
+        text = mask[:, :, n_prefix:]  # [B, 1, T, L]
+        return cls(n_prefix, torch.zeros(text.shape).masked_fill_(~text, torch.finfo(torch.float32).min))
+
+
+PACKED_ATTENTION = "prunebench_packed"
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA split in two: causal prefix + image block, then the text rows against all keys.
+
+    Computes the same as SDPA with the full block mask (`--check`) at about half the cost: the
+    image block's rows use the causal kernel and skip the mask. Any other mask goes to plain SDPA.
+    query [B, H, L, D]; key/value [B, H_kv, L, D]; returns [B, L, H, D].
+    """
+    if not isinstance(attention_mask, PackedMask):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    n = attention_mask.n_prefix
+    head = F.scaled_dot_product_attention(query[:, :, :n], key[:, :, :n], value[:, :, :n], is_causal=True, scale=scaling)
+    tail = F.scaled_dot_product_attention(query[:, :, n:], key, value, attn_mask=attention_mask.text, scale=scaling)
+    return torch.cat([head, tail], dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # generate() then builds SDPA's masks
+
+
 def lm_hidden(model, batch: Batch, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs the language model on a packed batch.
 
@@ -458,11 +513,16 @@ def lm_hidden(model, batch: Batch, projected: torch.Tensor) -> tuple[torch.Tenso
     k = batch.kept.shape[1]
     image = projected.gather(1, batch.kept[..., None].expand(-1, -1, projected.shape[-1]))  # [B, k, 64]
     hidden = torch.cat([embeds[:, :PREFIX_LEN], image, embeds[:, PREFIX_LEN + k :]], dim=1)
+    packed = model.config.text_config._attn_implementation == PACKED_ATTENTION
     positions, mask, labels = batch.positions, batch.mask, batch.labels
+    if packed:
+        mask = PackedMask.from_bool(mask, PREFIX_LEN + k)
     cos_sin = language_model.rotary_emb(hidden, positions)
     for i, layer in enumerate(language_model.layers):
         if batch.switch is not None and i == batch.switch[0]:
             _, index, positions, mask, labels = batch.switch
+            if packed:
+                mask = PackedMask.from_bool(mask, int((index[0] < PREFIX_LEN + k).sum()))  # prefix + kept image
             hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
             cos_sin = language_model.rotary_emb(hidden, positions)
         hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
@@ -478,17 +538,17 @@ def batch_tasks(batch: Batch) -> list[list[str | None]]:
 
 
 # ---- curriculum ------------------------------------------------------------------------------
-def curriculum(fraction: float, rng: random.Random, warmup: float, ramp: float) -> Layout:
-    """The layout of one step at `fraction` of the LM stage's time budget.
+def curriculum(phase: int, rng: random.Random) -> Layout:
+    """The layout of one step in curriculum phase 0, 1 or 2 (see `Trainer.advance_phase`).
 
-    [0, warmup): 96 tokens (objects + background), original positions: breaks the plateau.
-    [warmup, ramp): 96-256 tokens, some compact positions, shifts and full images.
-    [ramp, 1]: the mix: 30% full image (vanilla), 15% a switch at a random layer, else a subset of
+    0: 96 tokens (objects + background), original positions: breaks the plateau.
+    1: 96-256 tokens, some compact positions, shifts and full images.
+    2: the mix: 30% full image (vanilla), 15% a switch at a random layer, else a subset of
     24-448 tokens, half original half compact, shifted text, answer jumps.
     """
-    if fraction < warmup:
+    if phase == 0:
         return Layout(n_image=96)
-    if fraction < ramp:
+    if phase == 1:
         if rng.random() < 0.15:
             return Layout()
         return Layout(
@@ -508,10 +568,10 @@ def curriculum(fraction: float, rng: random.Random, warmup: float, ramp: float) 
             thin=0.2 if n_image < N_PATCHES else 0.0,
             text_shift=rng.randint(1, 64) if rng.random() < 0.2 else 0,
             switch_layer=rng.randint(1, 20),
-            n_switch=int(round(math.exp(rng.uniform(math.log(24), math.log(n_image // 2))))),
+            n_switch=round(math.exp(rng.uniform(math.log(24), math.log(n_image // 2)))),
             switch_positions="compact" if rng.random() < 0.6 else "original",
         )
-    n_image = int(round(math.exp(rng.uniform(math.log(24), math.log(448)))))
+    n_image = round(math.exp(rng.uniform(math.log(24), math.log(448))))
     return Layout(
         n_image=n_image,
         positions="compact" if rng.random() < 0.5 else "original",
@@ -736,13 +796,14 @@ class Trainer:
         self.processor = build_word_processor(data.vocabulary())
         self.blocks = Blocks(self.processor.tokenizer)
         self.model = build_model(self.processor, args.seed)
+        self.model.set_attn_implementation({"text_config": PACKED_ATTENTION})  # == SDPA, faster on packed batches
         tower_dim = self.model.config.vision_config.hidden_size
         self.heads = VisionHeads(tower_dim, self.model.config.text_config.hidden_size)
         self.scoring = load_scoring()
         self.state = {
             "stage": "vision", "step": {"vision": 0, "lm": 0}, "images": {"vision": 0, "lm": 0},
             "elapsed": {"total": 0.0, "vision": 0.0, "lm": 0.0}, "task_loss": {t: 1.0 for t in TASKS},
-            "curve_lines": 0, "optimizer": None, "last_eval": {}, "final": None, "args": vars(args),
+            "curve_lines": 0, "optimizer": None, "phase": 0, "phase1_start": None, "last_eval": {}, "final": None, "args": vars(args),
         }  # fmt: skip
         if self.state_path.exists():
             saved = torch.load(self.state_path, map_location="cpu", weights_only=False)
@@ -861,6 +922,22 @@ class Trainer:
         metrics["eval_seconds"] = round(time.time() - start, 1)
         return metrics
 
+    def advance_phase(self, fraction: float) -> None:
+        """Curriculum phases by LM time fraction: 0 -> 1 at `--warmup-fraction` once the pope answer
+        loss is below 0.45 (chance ~0.69), or at three times that fraction regardless; 1 -> 2 after
+        `--ramp-fraction` - `--warmup-fraction` of the budget in phase 1."""
+        args, state = self.args, self.state
+        pope_loss = sum(state["task_loss"][t] for t in TASKS if t.startswith("pope/")) / 3
+        if state["phase"] == 0 and fraction >= args.warmup_fraction and (pope_loss < 0.45 or fraction >= 3 * args.warmup_fraction):
+            state["phase"], state["phase1_start"] = 1, fraction
+        elif state["phase"] == 1 and fraction >= state["phase1_start"] + args.ramp_fraction - args.warmup_fraction:
+            state["phase"] = 2
+        else:
+            return
+        tqdm.write(f"[lm step {state['step']['lm']}] curriculum phase {state['phase']} (pope answer loss {pope_loss:.3f})")
+        self.curve.log({"step": state["step"]["lm"], "stage": "lm", "elapsed": round(self.clock.total(), 1),
+                        "phase": state["phase"], "pope_loss": round(pope_loss, 4)})  # fmt: skip
+
     def train_lm(self) -> None:
         args, model = self.args, self.model
         budget = 60 * args.minutes_lm
@@ -872,7 +949,7 @@ class Trainer:
         if self.state["optimizer"] is not None:
             optimizer.load_state_dict(self.state["optimizer"])
         items = eval_items(args.eval_pope, args.eval_gqa, args.eval_mme)
-        robust_items = [item for item in items if item["family"] == "gqa"]
+        robust_items = [item for item in items if item["family"] == "gqa"][: args.eval_robust]
         stream = self.stream("lm", args.seed + 1)
         self.clock.begin("lm")
         last_eval = self.clock.stage("lm") if self.state["step"]["lm"] else -1e9
@@ -893,7 +970,8 @@ class Trainer:
             lr = args.lr_lm * min(1.0, (step + 1) / args.warmup_steps) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            layout = curriculum(fraction, random.Random(f"layout:{args.seed}:{step}"), args.warmup_fraction, args.ramp_fraction)
+            self.advance_phase(fraction)
+            layout = curriculum(self.state["phase"], random.Random(f"layout:{args.seed}:{step}"))
             first_image = self.state["images"]["lm"]
             batch_items = self.take(stream, "lm", args.batch_lm)
             rngs = [random.Random(f"image:{args.seed}:{first_image + i}") for i in range(len(batch_items))]
@@ -930,7 +1008,7 @@ class Trainer:
                     "step": step + 1, "stage": "lm", "elapsed": round(self.clock.total(), 1),
                     "lm_elapsed": round(self.clock.stage("lm"), 1), "loss": round(sum(running) / len(running), 4),
                     "lr": round(lr, 7), "grad_norm": round(grad_norm, 3), "n_image_tokens": layout.n_image,
-                    "layout": layout.describe(), "task_loss": {t: round(v, 3) for t, v in self.state["task_loss"].items()},
+                    "layout": layout.describe(), "phase": self.state["phase"], "task_loss": {t: round(v, 3) for t, v in self.state["task_loss"].items()},
                 })  # fmt: skip
                 running = []
             self.maybe_save(optimizer)
@@ -973,10 +1051,13 @@ def export(trainer: Trainer, out: Path, items: list[dict], answers: list[str]) -
     out.mkdir(parents=True, exist_ok=True)
     model = trainer.model
     model.eval()
+    model.set_attn_implementation({"text_config": "sdpa"})
     model.save_pretrained(out)
     trainer.processor.save_pretrained(out)
     shutil.copyfile(trainer.curve.path, out / "training_curve.jsonl")
     (out / "README.md").write_text(model_card(trainer))
+    for path in out.iterdir():
+        path.chmod(0o644)
     size_mb = (out / "model.safetensors").stat().st_size / 2**20
     reloaded, processor = load_llava(pretrained=str(out), dtype="float32", device="cpu")
     again = generate_answers(reloaded, processor, items)
@@ -1048,8 +1129,8 @@ exact evaluation template. Images used: vision {state['images']['vision']}, lang
 ## Recipe
 1. **Vision stage** ({state['step']['vision']} steps, {elapsed.get('vision', 0) / 60:.1f} min, batch {args.batch_vision},
    AdamW {args.lr_vision}): linear heads on the layer -2 patch features and on the projector output
-   predict per patch the colour, shape, size, block row, block column of the covering object (or
-   background) and whether it is the object's first evidence patch; CLS heads predict the set of
+   predict per patch the colour, shape and size of the covering object (or background), the
+   patch's own row and column and whether it is the object's first evidence patch; CLS heads predict the set of
    (colour, shape) pairs and the number of objects. Held-out accuracy on object patches (projector
    side): {", ".join(f"{k.removeprefix('patch_')} {v:.3f}" for k, v in vision.items() if not k.endswith("_all"))}.
 2. **Language stage** ({state['step']['lm']} steps, {elapsed.get('lm', 0) / 60:.1f} min, batch {args.batch_lm} images,
@@ -1058,9 +1139,10 @@ exact evaluation template. Images used: vision {state['images']['vision']}, lang
    {args.questions_per_image} question blocks (`\\n question ASSISTANT: answer`), each block attending to
    the prefix, the image and itself; loss on the answer words and `</s>`. Questions are drawn from
    a pool per image, weighted toward harder types and toward types with a higher running loss.
-   Curriculum over the time budget: until {args.warmup_fraction:.0%} only 96 image tokens (all
-   object patches + random background) with original positions; until {args.ramp_fraction:.0%} 96-256
-   tokens with some compact positions and full images; then 30% full images with standard positions
+   Curriculum over the time budget: first ({args.warmup_fraction:.0%} of it, longer while the pope answer
+   loss stays above 0.45) only 96 image tokens (all object patches + random background) with original
+   positions; then for {args.ramp_fraction - args.warmup_fraction:.0%} 96-256 tokens with some compact
+   positions and 15% full images; then 30% full images with standard positions
    (the vanilla case), 15% a switch to a smaller object-preserving subset at a random layer 1-20
    (original or compact positions after it, answer tokens at their global positions), and 55%
    subsets of 24-448 tokens, half with original positions (token i at 2 + i, text at 578), half
@@ -1132,6 +1214,11 @@ def run_checks(trainer: Trainer) -> dict[str, float]:
             lab = torch.tensor([seq.labels[i] for i in idx]) != -100
             worst = max(worst, (logits[lab] - packed[lab]).abs().max().item())
     results["packed_full_vs_hf_separate"] = worst
+    # control: the same packed batch with a plain causal mask (blocks see each other) must differ
+    plain = Batch(**{**batch.__dict__, "mask": block_mask(torch.zeros_like(batch.ids))})
+    hidden_plain, _ = lm_hidden(model, plain, projected)
+    sel = labels != -100
+    results["control_plain_causal_mask_differs_by"] = (model.lm_head(hidden_plain[sel]) - model.lm_head(hidden[sel])).abs().max().item()
 
     # 2) subset layouts (original / compact with shift and answer jump / a switch) vs unpacked single-question runs
     for name, layout in {
@@ -1175,25 +1262,26 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default="harness/shapes/checkpoints", help="state.pt, curve.jsonl (resume from here)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--minutes-vision", type=float, default=10.0, help="vision-stage budget (stops earlier at the target)")
-    p.add_argument("--minutes-lm", type=float, default=150.0, help="language-stage budget, periodic evaluation included")
+    p.add_argument("--minutes-vision", type=float, default=36.0, help="vision-stage budget (stops earlier at the target)")
+    p.add_argument("--minutes-lm", type=float, default=126.0, help="language-stage budget, periodic evaluation included")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--eval-minutes", type=float, default=10.0, help="periodic held-out evaluation interval")
+    p.add_argument("--eval-minutes", type=float, default=12.0, help="periodic held-out evaluation interval")
     p.add_argument("--batch-vision", type=int, default=16)
     p.add_argument("--lr-vision", type=float, default=2e-3)
     p.add_argument("--vision-target", type=float, default=0.995, help="stop when every per-patch head reaches it")
     p.add_argument("--vision-eval-every", type=int, default=100)
     p.add_argument("--vision-heldout", type=int, default=64, help="held-out images for per-patch accuracy")
-    p.add_argument("--batch-lm", type=int, default=8, help="images per language-stage step")
+    p.add_argument("--batch-lm", type=int, default=4, help="images per language-stage step")
     p.add_argument("--questions-per-image", type=int, default=12, help="question blocks packed per image")
     p.add_argument("--lr-lm", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--warmup-fraction", type=float, default=0.12, help="96-token phase, fraction of the LM budget")
-    p.add_argument("--ramp-fraction", type=float, default=0.3, help="end of the 96-256-token phase")
-    p.add_argument("--eval-pope", type=int, default=12, help="periodic eval: pope images (x2 questions x3 splits)")
-    p.add_argument("--eval-gqa", type=int, default=48)
-    p.add_argument("--eval-mme", type=int, default=24, help="images (x2 questions)")
+    p.add_argument("--warmup-fraction", type=float, default=0.12, help="96-token phase (min), fraction of the LM budget")
+    p.add_argument("--ramp-fraction", type=float, default=0.3, help="warmup + 96-256-token phase, fraction of the budget")
+    p.add_argument("--eval-pope", type=int, default=10, help="periodic eval: pope images (x2 questions x3 splits)")
+    p.add_argument("--eval-gqa", type=int, default=40)
+    p.add_argument("--eval-mme", type=int, default=20, help="images (x2 questions)")
+    p.add_argument("--eval-robust", type=int, default=24, help="gqa questions for the periodic position check")
     p.add_argument("--final-pope", type=int, default=30)
     p.add_argument("--final-gqa", type=int, default=100)
     p.add_argument("--final-mme", type=int, default=48)
