@@ -14,7 +14,6 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -26,10 +25,9 @@ from tqdm import tqdm
 from harness.budget import prefill_flops
 from harness.engine import PruningEngine
 from harness.methods import METHOD_CONF, load_method
-from harness.results import write_json_atomic
+from harness.results import write_report
 from harness.runner import versions
 from harness.timing import Clock, FirstLogits, peak_memory
-
 
 
 def fixed_prompt(model, question_tokens: int, prefix_tokens: int, seed: int = 0) -> dict:
@@ -159,8 +157,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# Benchmark: {report['model']} ({report['dtype']}, {report['device']}, timer {report['timer']})",
         "",
-        f"Prompt {report['prompt_tokens']} tokens (576 image), {report['new_tokens']} new tokens, "
-        f"median of {report['reps']} interleaved repetitions, {report['date']}.",
+        (f"Prompt {report['prompt_tokens']} tokens (576 image), {report['new_tokens']} new tokens, "
+        f"median of {report['reps']} interleaved repetitions, {report['date']}."),
         "",
         "| method | budget | tokens | prefill ms | speedup | ideal | ratio | scoring % | decode ms/tok | KV MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -173,9 +171,9 @@ def to_markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "
+        ("speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "
         "ideal = the same ratio of analytic FLOPs (vision tower + projector + LLM prefill, METHODS.md); "
-        "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill.",
+        "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -185,12 +183,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     report = run_bench(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench.json", report)
-    (out / "bench.md").write_text(to_markdown(report))
-    print(to_markdown(report))
-    print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
+    write_report(cfg.out, "bench", report, to_markdown(report))
 
 
 if __name__ == "__main__":

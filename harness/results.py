@@ -26,6 +26,16 @@ def _finite(value):
     return value
 
 
+def write_report(out: str | Path, stem: str, report: dict, markdown: str) -> None:
+    """`<out>/<stem>.json` (atomic) + `<out>/<stem>.md`, and the Markdown on stdout."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{stem}.json", report)
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    print(f"written: {out / f'{stem}.json'}, {out / f'{stem}.md'}")
+
+
 def write_json_atomic(path: str | Path, data: dict) -> None:
     """Write strict JSON to a temp file in the same directory, fsync, then rename over `path`."""
     path = Path(path)

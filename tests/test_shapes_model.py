@@ -1,0 +1,51 @@
+"""The committed embedded model (harness/assets/tiny-llava-shapes) loads offline and reads the image."""
+
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from harness.model import ASSETS, load_llava
+from harness.shapes import data
+from harness.shapes.train import generate_answers
+
+CHECKPOINT = ASSETS / "tiny-llava-shapes"
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    return load_llava(pretrained="tiny-llava-shapes", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gqa_items():
+    rows = data.make_split("gqa", None, data.EVAL_SEEDS["gqa"], 60)  # evaluation seeds: never trained on
+    return [{"family": "gqa", "group": r["type"], "prompt": data.prompt("gqa", r["question"]), **r} for r in rows]
+
+
+def test_checkpoint_is_small_and_loads_offline(shapes_model):
+    model, _processor = shapes_model
+    assert (CHECKPOINT / "model.safetensors").stat().st_size < 20 * 2**20
+    assert (CHECKPOINT / "README.md").read_text().count("## Recipe") == 1
+    assert model.config.text_config.num_hidden_layers == 32
+    assert model.config.vision_feature_layer == -2
+    assert 2.0e6 < sum(p.numel() for p in model.parameters()) < 3.0e6
+    reloaded = AutoProcessor.from_pretrained(CHECKPOINT)
+    enc = reloaded(images=data.make_split("gqa", None, data.EVAL_SEEDS["gqa"], 1)[0]["image"],
+                   text="USER: <image>\nWhat colour is the star? ASSISTANT:", return_tensors="pt")
+    assert int((enc["input_ids"] == model.config.image_token_index).sum()) == 576
+    assert enc["pixel_values"].shape == (1, 3, 336, 336)
+
+
+def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
+    """60 held-out gqa-style questions (colour, shape, relation, count; chance ~15%): the right image
+    gives well above chance, another image's pixels do much worse."""
+    model, processor = shapes_model
+    with torch.no_grad():
+        answers = generate_answers(model, processor, gqa_items)
+        swapped = generate_answers(model, processor, [dict(item, image=gqa_items[(k + 7) % 60]["image"])
+                                                      for k, item in enumerate(gqa_items)])  # fmt: skip
+    accuracy = sum(a == item["answer"] for a, item in zip(answers, gqa_items)) / len(gqa_items)
+    accuracy_swapped = sum(a == item["answer"] for a, item in zip(swapped, gqa_items)) / len(gqa_items)
+    assert all(a in data.vocabulary() for a in answers), answers  # one vocabulary word each
+    assert accuracy >= 0.25, accuracy
+    assert accuracy - accuracy_swapped >= 0.1, (accuracy, accuracy_swapped)
