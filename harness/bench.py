@@ -96,10 +96,10 @@ def run_bench(cfg: DictConfig) -> dict:
     runs: dict[tuple, list[dict]] = {key: [] for key in configs}
     peaks: dict[tuple, int] = {}
     with torch.no_grad():
-        for _ in range(cfg.warmup):  # warm every code path once
-            for key in configs:
-                with engines[key]:
-                    time_once(engines[key], inputs, cfg.new_tokens, clock)
+        warm = configs if cfg.warmup_all else configs[:1]  # every code path, or vanilla only (CPU: the weights)
+        for key in tqdm([key for _ in range(cfg.warmup) for key in warm], desc="warm-up", unit="run"):
+            with engines[key]:
+                time_once(engines[key], inputs, cfg.new_tokens, clock)
         order = [key for _ in range(cfg.reps) for key in configs]  # interleaved repetitions
         for key in tqdm(order, desc="bench", unit="run"):
             if device.type == "cuda":
