@@ -21,7 +21,7 @@ import numpy as np
 import ruptures
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.engine import PruningEngine
@@ -77,15 +77,14 @@ def propose_stages(histogram: np.ndarray, n_stages: int) -> list[int]:
 
 
 def run_analysis(cfg: DictConfig) -> dict:
-    from harness.tasks import load_tasks
+    from harness.tasks import data_locations, load_tasks
 
     model, processor = instantiate(cfg.model.load)
     vision = model.config.vision_config
     num_image_tokens = (vision.image_size // vision.patch_size) ** 2
     probe = AttentionProbe(num_image_tokens)
     engine = PruningEngine(model, probe)
-    data = instantiate(cfg.tasks_data)
-    data = {str(k): str(v) for k, v in (OmegaConf.to_container(data) if isinstance(data, DictConfig) else data).items()}
+    data = data_locations(cfg.tasks_data)
     task = next(iter(load_tasks([cfg.task], data).values()))
     docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
     n = min(cfg.n, len(docs))

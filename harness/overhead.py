@@ -26,7 +26,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 from transformers import StoppingCriteriaList
 
@@ -35,7 +35,7 @@ from harness.lmms_model import PrunedLlava, StopOnStrings, cut_at
 from harness.methods import load_method
 from harness.results import SampleLog, write_report
 from harness.runner import versions
-from harness.tasks import load_tasks
+from harness.tasks import data_locations, load_tasks
 
 
 def leaf_tasks(task_dict: dict) -> dict:
@@ -100,8 +100,7 @@ def run_overhead(cfg: DictConfig) -> dict:
     model, processor = instantiate(cfg.model.load)
     if processor is None:
         raise ValueError(f"model={cfg.model.name} has no processor: the overhead run needs real samples")
-    data = instantiate(cfg.tasks.data)
-    data = {str(k): str(v) for k, v in (OmegaConf.to_container(data) if isinstance(data, DictConfig) else data).items()}
+    data = data_locations(cfg.tasks.data)
     requests, datasets = build_requests(list(cfg.tasks.names), data, cfg.limit)
     engine = PruningEngine(model, load_method("vanilla", 576), time_scoring=False)
     times: dict[str, list[float]] = {"bare": [], "harness": []}

@@ -47,11 +47,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # 2. tasks (data located or materialised here) and the lmms-eval model
     from harness.lmms_model import PrunedLlava
-    from harness.tasks import task_manager, task_specs
+    from harness.tasks import data_locations, task_manager, task_specs
 
     datasets.disable_progress_bars()
-    data = instantiate(cfg.tasks.data)
-    data = {str(k): str(v) for k, v in (OmegaConf.to_container(data) if isinstance(data, DictConfig) else data).items()}
+    data = data_locations(cfg.tasks.data)
     manager = task_manager()
     specs = task_specs(list(cfg.tasks.names), data, manager)
     log = SampleLog(run_dir / "samples.jsonl")

@@ -11,10 +11,19 @@ a task config dict `{"task": name, **overrides}` over the registered YAML, so no
 
 from pathlib import Path
 
+from hydra.utils import instantiate
 from lmms_eval.tasks import TaskManager, get_task_dict
 from lmms_eval.utils import load_yaml_config
+from omegaconf import DictConfig, OmegaConf
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+
+
+def data_locations(config) -> dict[str, str]:
+    """`{task or prefix: location}` from a config's `tasks.data`: a mapping, or a `_target_` that
+    materialises the data (e.g. the shapes suite) and returns one."""
+    data = instantiate(config)
+    return {str(k): str(v) for k, v in (OmegaConf.to_container(data) if isinstance(data, DictConfig) else data).items()}
 
 
 def task_manager(include_path: str | Path = TASKS_DIR) -> TaskManager:

@@ -150,6 +150,11 @@ def tower_hidden(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> 
     return hidden
 
 
+def cosine_to_10pct(progress: float) -> float:
+    """LR factor: cosine from 1 at progress 0 down to 0.1 at progress >= 1."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 # ---- vision-stage supervision ----------------------------------------------------------------
 def patch_labels(scene: data.Scene) -> dict[str, np.ndarray]:
     """Per-patch class of every PATCH_HEADS head ([576] int64 each; 0 = background)."""
@@ -943,7 +948,7 @@ class Trainer:
         while self.clock.stage("vision") < budget:
             step = self.state["step"]["vision"]
             fraction = self.clock.stage("vision") / budget
-            lr = args.lr_vision * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
+            lr = args.lr_vision * min(1.0, (step + 1) / 50) * cosine_to_10pct(fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = self.take(stream, "vision", args.batch_vision)
@@ -1021,7 +1026,7 @@ class Trainer:
         while self.clock.stage("align") < budget:
             step = self.state["step"].get("align", 0)
             fraction = self.clock.stage("align") / budget
-            lr = args.lr_align * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
+            lr = args.lr_align * min(1.0, (step + 1) / 20) * cosine_to_10pct(fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = self.take(stream, "align", args.batch_vision)
@@ -1049,7 +1054,8 @@ class Trainer:
         with torch.no_grad():
             projected = projector(held_features)
         accuracy = code_accuracy(projected, code, held_labels)
-        accuracy["code_r2"] = 1 - ((projected - code_targets(code, held_labels)).pow(2).sum() / code_targets(code, held_labels).var(dim=(0, 1)).sum() / projected[..., 0].numel()).item()
+        target = code_targets(code, held_labels)  # [B, 576, dim]
+        accuracy["code_r2"] = 1 - ((projected - target).pow(2).sum() / target.var(dim=(0, 1)).sum() / projected[..., 0].numel()).item()
         self.curve.log({"step": self.state["step"]["align"], "stage": "align", "elapsed": round(self.clock.total(), 1),
                         "eval": {k: round(v, 4) for k, v in accuracy.items()}, "final": True})  # fmt: skip
         self.state["align_final"] = accuracy
@@ -1075,12 +1081,16 @@ class Trainer:
         metrics["eval_seconds"] = round(time.time() - start, 1)
         return metrics
 
+    def pope_answer_loss(self) -> float:
+        """Running answer loss of the three pope splits (chance ~0.69): drives the curriculum and LR."""
+        return sum(self.state["task_loss"][t] for t in TASKS if t.startswith("pope/")) / 3
+
     def advance_phase(self, fraction: float) -> None:
         """Curriculum phases by LM time fraction: 0 -> 1 at `--warmup-fraction` once the pope answer
         loss is below 0.45 (chance ~0.69), or at three times that fraction regardless; 1 -> 2 after
         `--ramp-fraction` - `--warmup-fraction` of the budget in phase 1."""
         args, state = self.args, self.state
-        pope_loss = sum(state["task_loss"][t] for t in TASKS if t.startswith("pope/")) / 3
+        pope_loss = self.pope_answer_loss()
         if state["phase"] == 0 and fraction >= args.warmup_fraction and (pope_loss < 0.45 or fraction >= 3 * args.warmup_fraction):
             state["phase"], state["phase1_start"] = 1, fraction
         elif state["phase"] == 1 and fraction >= state["phase1_start"] + args.ramp_fraction - args.warmup_fraction:
@@ -1095,7 +1105,7 @@ class Trainer:
         """Constant until the yes/no plateau breaks (pope answer loss < 0.5), then cosine to 10% over
         the rest of the budget: a cosine from the start decayed the LR while the model sat at chance."""
         state = self.state
-        pope_loss = sum(state["task_loss"][t] for t in TASKS if t.startswith("pope/")) / 3
+        pope_loss = self.pope_answer_loss()
         if state.get("decay_start") is None and pope_loss < 0.5:
             state["decay_start"] = fraction
             tqdm.write(f"[lm step {state['step']['lm']}] pope answer loss {pope_loss:.3f}: LR decay starts")
@@ -1104,7 +1114,7 @@ class Trainer:
         if state.get("decay_start") is None:
             return 1.0
         progress = (fraction - state["decay_start"]) / max(1e-6, 1.0 - state["decay_start"])
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cosine_to_10pct(progress)
 
     def train_lm(self) -> None:
         args, model = self.args, self.model
