@@ -173,7 +173,8 @@ def to_markdown(report: dict) -> str:
         "",
         ("speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "
         "ideal = the same ratio of analytic FLOPs (vision tower + projector + LLM prefill, METHODS.md); "
-        "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill."),
+        "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill "
+        "(pre-LLM methods: their selection or merge, and VisionZip's CLS-attention read-out; the tower pass itself is not scoring)."),
     ]
     return "\n".join(lines) + "\n"
 

@@ -45,8 +45,10 @@ def _vision_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA for the vision tower, plus the CLS row's attention and the keys at the feature layer."""
     engine = getattr(module, "_prunebench_engine", None)
     if engine is not None and getattr(module, "_prunebench_feature_layer", False):
+        t0 = engine._clock()
         cls_logits = (query[0, :, :1].float() @ key[0].float().transpose(-1, -2)) * kwargs["scaling"]  # [Hv, 1, V+1]
         engine.vision_capture = (cls_logits.softmax(-1)[:, 0], key[0])  # [Hv, V+1], [Hv, V+1, dh]
+        engine.capture_s = engine._clock() - t0  # scoring work inside the tower pass
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -120,6 +122,7 @@ class PruningEngine:
         self.sample_seed = 0
         self.state: PrefillState | None = None
         self.vision_capture: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.capture_s = 0.0  # time of the CLS-attention capture inside the tower pass (time_scoring)
         self._handles: list = []
         self._saved_attn: dict[str, str] = {}
 
@@ -363,12 +366,14 @@ class PruningEngine:
         if end > start and self.method.budget == 0:  # no image token survives (blind): skip the vision tower
             embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
         elif end > start:
-            self.vision_capture = None
+            self.vision_capture, self.capture_s = None, 0.0
             config = self.model.config
+            t_tower = self._clock()
             features = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
                 vision_feature_select_strategy=config.vision_feature_select_strategy,
             ).pooler_output[0]  # [V, d]
+            t0 += self._clock() - t_tower - self.capture_s  # the tower and projector are not scoring
             cls_attn, keys = self.vision_capture or (None, None)
             generator = torch.Generator().manual_seed(self.sample_seed * 1000)
             sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator))

@@ -231,3 +231,23 @@ def test_engine_rejects_a_prellm_method_that_misses_its_budget(tiny, prompts):
     model, _ = tiny
     with pytest.raises(RuntimeError, match=r"pool returned 0 kept \+ 63 merged image tokens, expected budget=64"):
         run_engine(model, ShortPool(64), prompts[0])
+
+
+@pytest.mark.parametrize("name", ["pool", "visionzip"])
+def test_prellm_scoring_time_excludes_the_vision_tower(tiny, prompts, name, monkeypatch):
+    """scoring_s of a pre-LLM method is its selection / merge only: a tower pass made 0.3 s slower
+    must not show up in it (it did before: ~20% "scoring" on the 7B was the tower)."""
+    import time
+
+    model, _ = tiny
+    slow_tower = model.model.get_image_features
+
+    def slower(*args, **kwargs):
+        time.sleep(0.3)
+        return slow_tower(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "get_image_features", slower)
+    engine = PruningEngine(model, load_method(name, 64), time_scoring=True)
+    with torch.no_grad(), engine:
+        engine.generate(prompts[0], max_new_tokens=1, do_sample=False)
+    assert 0.0 < engine.state.scoring_s < 0.15
