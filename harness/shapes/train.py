@@ -401,6 +401,17 @@ class Sequence:
     kept: list[int]  # image patches in the block (sorted)
     kept_switch: list[int] | None  # image patches after the layout's switch layer
 
+    def append_block(self, ids: list[int], kind: list[int], labels: list[int], tasks: list[str | None]) -> None:
+        """Appends a text block as the next group (it sees the prefix, the image and itself)."""
+        group = max(self.group) + 1
+        self.ids += ids
+        self.kind += kind
+        self.patch += [-1] * len(ids)
+        self.offset += list(range(len(ids)))
+        self.group += [group] * len(ids)
+        self.labels += labels
+        self.tasks += tasks
+
 
 def build_sequence(blocks: Blocks, kept: list[int], questions: list[tuple[list[int], list[int], str]]) -> Sequence:
     """`<s> USER:` + image tokens for `kept` + one block per (prompt ids, answer ids, task).
@@ -420,19 +431,15 @@ def build_sequence(blocks: Blocks, kept: list[int], questions: list[tuple[list[i
         kept=list(kept),
         kept_switch=None,
     )
-    for j, (prompt_ids, answer_ids, task) in enumerate(questions, start=1):
+    for prompt_ids, answer_ids, task in questions:  # block j = group j (1, 2, ...)
         tokens = prompt_ids + answer_ids
-        seq.ids += tokens
-        seq.kind += [KIND_PROMPT] * len(prompt_ids) + [KIND_ANSWER] * len(answer_ids)
-        seq.patch += [-1] * len(tokens)
-        seq.offset += list(range(len(tokens)))
-        seq.group += [j] * len(tokens)
+        kind = [KIND_PROMPT] * len(prompt_ids) + [KIND_ANSWER] * len(answer_ids)
         if answer_ids or task is not None:
-            seq.labels += [-100] * (len(prompt_ids) - 1) + answer_ids + [blocks.eos]
-            seq.tasks += [None] * (len(prompt_ids) - 1) + [task] * len(answer_ids) + [None]
+            labels = [-100] * (len(prompt_ids) - 1) + answer_ids + [blocks.eos]
+            tasks = [None] * (len(prompt_ids) - 1) + [task] * len(answer_ids) + [None]
         else:
-            seq.labels += [-100] * len(tokens)
-            seq.tasks += [None] * len(tokens)
+            labels, tasks = [-100] * len(tokens), [None] * len(tokens)
+        seq.append_block(tokens, kind, labels, tasks)
     return seq
 
 
@@ -457,14 +464,7 @@ def add_lookup_block(seq: Sequence, blocks: Blocks, scene: data.Scene, rng: rand
         ids += [key_id, value_id]
         labels += [value_id, -100]
         tasks += [task, None]
-    group = max(seq.group) + 1
-    seq.ids += ids
-    seq.kind += [KIND_PROMPT] * len(ids)
-    seq.patch += [-1] * len(ids)
-    seq.offset += list(range(len(ids)))
-    seq.group += [group] * len(ids)
-    seq.labels += labels
-    seq.tasks += tasks
+    seq.append_block(ids, [KIND_PROMPT] * len(ids), labels, tasks)
 
 
 def layout_positions(kind, patch, offset, n_image: int, positions: str, text_shift: int, answer_jump: bool) -> torch.Tensor:
@@ -1143,7 +1143,7 @@ class Trainer:
         bind = state.setdefault("bind", {"end": None})
         if args.bind_fraction <= 0:
             return False, 0.0
-        if bind["end"] is None:
+        if self.binding:
             losses = {t: state["task_loss"].get(t, 9.0) for t in ("gqa/colour", "gqa/shape")}
             if all(v < args.bind_target for v in losses.values()) or fraction >= args.bind_fraction:
                 bind["end"] = fraction
@@ -1156,6 +1156,11 @@ class Trainer:
         if self.grow_layers and not bind.get("grown"):
             self.grow()
         return False, max(0.0, 1.0 - (fraction - bind["end"]) / max(1e-6, args.teacher_fraction))
+
+    @property
+    def binding(self) -> bool:
+        """The bind phase is on (enabled and not yet ended)."""
+        return self.args.bind_fraction > 0 and self.state.get("bind", {}).get("end") is None
 
     @property
     def grow_layers(self) -> set[int]:
@@ -1229,8 +1234,7 @@ class Trainer:
                    mininterval=args.bar_seconds)  # fmt: skip
         running = []
         while self.clock.stage("lm") < budget:
-            binding_now = args.bind_fraction > 0 and self.state.get("bind", {}).get("end") is None
-            if not binding_now and self.clock.stage("lm") - last_eval >= 60 * args.eval_minutes:  # (bind phase: layers missing)
+            if not self.binding and self.clock.stage("lm") - last_eval >= 60 * args.eval_minutes:  # (bind phase: layers missing)
                 metrics = self.evaluate(items, robust_items)
                 last_eval = self.clock.stage("lm")
                 self.state["last_eval"] = metrics
