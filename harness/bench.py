@@ -27,7 +27,7 @@ from harness.engine import PruningEngine
 from harness.methods import METHOD_CONF, load_method
 from harness.results import write_report
 from harness.runner import versions
-from harness.timing import Clock, FirstLogits, peak_memory
+from harness.timing import Clock, FirstLogits, peak_memory, reset_peak_memory
 
 
 def fixed_prompt(model, question_tokens: int, prefix_tokens: int, seed: int = 0) -> dict:
@@ -94,7 +94,7 @@ def run_bench(cfg: DictConfig) -> dict:
     for name, budget in configs:
         engines[(name, budget)] = PruningEngine(model, load_method(name, budget or 576), time_scoring=True)
     runs: dict[tuple, list[dict]] = {key: [] for key in configs}
-    peaks: dict[tuple, int] = {}
+    peaks: dict[tuple, tuple[int, int]] = {}
     with torch.no_grad():
         warm = configs if cfg.warmup_all else configs[:1]  # every code path, or vanilla only (CPU: the weights)
         for key in tqdm([key for _ in range(cfg.warmup) for key in warm], desc="warm-up", unit="run"):
@@ -102,11 +102,11 @@ def run_bench(cfg: DictConfig) -> dict:
                 time_once(engines[key], inputs, cfg.new_tokens, clock)
         order = [key for _ in range(cfg.reps) for key in configs]  # interleaved repetitions
         for key in tqdm(order, desc="bench", unit="run"):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            start = reset_peak_memory(device)  # a peak window per call (CUDA counter; Linux: the process's peak RSS)
             with engines[key]:
                 runs[key].append(time_once(engines[key], inputs, cfg.new_tokens, clock))
-            peaks[key] = peak_memory(device)[0]
+            peak = peak_memory(device)[0]
+            peaks[key] = max(peaks.get(key, (0, 0)), (peak, peak - start))  # (peak, above the start: activations + cache)
 
     vision = vision_flops(model)
     vanilla_llm = prefill_flops(runs[configs[0]][0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
@@ -132,7 +132,8 @@ def run_bench(cfg: DictConfig) -> dict:
             "ideal_speedup": ideal,
             "ideal_speedup_llm_only": vanilla_llm / llm,
             "speedup_ratio": measured / ideal,
-            "peak_bytes": peaks[(name, budget)],
+            "peak_bytes": peaks[(name, budget)][0],
+            "peak_above_start_bytes": peaks[(name, budget)][1],
             "kv_cache_bytes": reps[0]["kv_cache_bytes"],
             "reps": len(reps),
         })
@@ -160,21 +161,24 @@ def to_markdown(report: dict) -> str:
         (f"Prompt {report['prompt_tokens']} tokens (576 image), {report['new_tokens']} new tokens, "
         f"median of {report['reps']} interleaved repetitions, {report['date']}."),
         "",
-        "| method | budget | tokens | prefill ms | speedup | ideal | ratio | scoring % | decode ms/tok | KV MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | budget | tokens | prefill ms | speedup | ideal | ratio | scoring % | decode ms/tok | KV MB | peak +MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['method']} | {r['budget']} | {r['avg_vision_tokens']:.1f} | {r['prefill_ms']:.1f} | "
             f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['speedup_ratio']:.2f} | "
-            f"{100 * r['scoring_share']:.2f} | {r['decode_ms_per_token']:.1f} | {r['kv_cache_bytes'] / 2**20:.1f} |"
+            f"{100 * r['scoring_share']:.2f} | {r['decode_ms_per_token']:.1f} | {r['kv_cache_bytes'] / 2**20:.1f} | "
+            f"{r['peak_above_start_bytes'] / 2**20:.1f} |"
         )
     lines += [
         "",
         ("speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "
         "ideal = the same ratio of analytic FLOPs (vision tower + projector + LLM prefill, METHODS.md); "
         "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill "
-        "(pre-LLM methods: their selection or merge, and VisionZip's CLS-attention read-out; the tower pass itself is not scoring)."),
+        "(pre-LLM methods: their selection or merge, and VisionZip's CLS-attention read-out; the tower pass itself is not scoring); "
+        f"peak +MB = peak memory of the generate call above the memory in use when it started ({report['peak_kind']}; "
+        "the weights are in use throughout)."),
     ]
     return "\n".join(lines) + "\n"
 

@@ -25,12 +25,15 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     assert rows[("vanilla", 576)]["flops_reduction"] == 0.0 and rows[("vanilla", 576)]["speedup"] == 1.0
     for key, row in rows.items():
         for field in ("prefill_ms", "decode_ms_per_token", "e2e_ms", "scoring_ms", "ideal_speedup", "speedup_ratio",
-                      "peak_bytes", "kv_cache_bytes", "avg_vision_tokens"):
+                      "peak_bytes", "peak_above_start_bytes", "kv_cache_bytes", "avg_vision_tokens"):
             assert row[field] is not None and row[field] >= 0, (key, field)
         if key[0] != "vanilla":
             assert row["flops_reduction"] > 0 and row["ideal_speedup"] > 1
             assert abs(row["avg_vision_tokens"] - key[1]) <= 1
             assert row["kv_cache_bytes"] < rows[("vanilla", 576)]["kv_cache_bytes"]
+    if sys.platform == "linux":  # a peak window per call: the pruned calls need less than vanilla's
+        assert report["peak_kind"] == "peak_rss"
+        assert 0 < rows[("fastv", 64)]["peak_above_start_bytes"] < rows[("vanilla", 576)]["peak_above_start_bytes"]
     assert "| fastv | 64 |" in (tmp_path / "bench.md").read_text()
 
 
