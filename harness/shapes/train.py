@@ -1633,9 +1633,10 @@ def parse_args(argv=None):
                    help="bind phase (colour/shape questions + lookup on the patch code), at most this fraction of the budget; 0 = off")
     p.add_argument("--bind-target", type=float, default=0.3, help="bind phase ends when gqa colour and shape answer losses are below")
     p.add_argument("--teacher-fraction", type=float, default=0.15, help="after the bind phase, patch code -> projector output over this fraction")
-    p.add_argument("--grow-from", default="0,8,16,24",
+    p.add_argument("--grow-from", default="0,1,2,3",
                    help="decoder layers trained alone in the bind phase; the rest join after it with zero residual "
-                        "outputs ('' = all 32 from the start: the deep narrow model did not bind colours in 10 min)")
+                        "outputs ('' = all 32 from the start: the deep narrow model did not bind colours in 10 min; "
+                        "0,8,16,24: layers 1-7 never read the image, unfair to methods that score at layers 1-2)")
     p.add_argument("--restart-why", default="", help="with --restart-lm: why the language stage is discarded (model card)")
     p.add_argument("--keep-align", action="store_true", help="with --restart-lm: keep the fitted projector, retrain the language model only")
     p.add_argument("--warmup-steps", type=int, default=100)

@@ -1,0 +1,95 @@
+"""Training-only pieces of the embedded model's recipe: the lookup block and the bind-phase growth."""
+
+import random
+
+import pytest
+import torch
+
+from harness.model import build_word_processor
+from harness.shapes import data
+from harness.shapes.train import (
+    KIND_PROMPT,
+    Blocks,
+    Layout,
+    Trainer,
+    add_lookup_block,
+    build_sequence,
+    collate,
+    lm_hidden,
+    parse_args,
+)
+
+
+@pytest.fixture(scope="module")
+def shapes_processor():
+    return build_word_processor(data.vocabulary())
+
+
+def obj(shape: str, colour: str, row: int) -> data.Obj:
+    return data.Obj(shape=shape, colour=colour, size="small", row=row, col=0, evidence=[row * 24, row * 24 + 1])
+
+
+def lookup_pairs(seq, start: int, blocks: Blocks) -> dict[tuple[str, str], str]:
+    """(key word, value word) -> task for every labelled position of the block from `start`."""
+    word = blocks.tokenizer.convert_ids_to_tokens
+    pairs = {}
+    for i in range(start, len(seq.ids)):
+        if seq.labels[i] != -100:
+            assert seq.labels[i] == seq.ids[i + 1]  # next-token target: the value word right after its key
+            pairs[(word(seq.ids[i]), word(seq.ids[i + 1]))] = seq.tasks[i]
+    return pairs
+
+
+def test_lookup_block_pairs_only_unique_attributes(shapes_processor):
+    blocks = Blocks(shapes_processor.tokenizer)
+    # stars twice, red twice: circle and square are unique shapes, blue and green unique colours
+    scene = data.Scene([obj("star", "red", 0), obj("circle", "blue", 4), obj("star", "green", 8), obj("square", "red", 12)])
+    seq = build_sequence(blocks, kept=[0, 1], questions=[])
+    start = len(seq.ids)
+    add_lookup_block(seq, blocks, scene, random.Random(0))
+    assert seq.ids[start] == blocks.newline and seq.labels[start] == -100
+    assert set(seq.group[start:]) == {1} and set(seq.kind[start:]) == {KIND_PROMPT}
+    assert seq.offset[start:] == list(range(len(seq.ids) - start))
+    assert lookup_pairs(seq, start, blocks) == {
+        ("circle", "blue"): "lookup/colour",
+        ("square", "red"): "lookup/colour",
+        ("blue", "circle"): "lookup/shape",
+        ("green", "star"): "lookup/shape",
+    }
+    assert len(seq.ids) - start == 1 + 2 * 4  # newline + 4 pairs, no ambiguous word pair
+
+
+def test_lookup_block_absent_when_nothing_is_unique(shapes_processor):
+    blocks = Blocks(shapes_processor.tokenizer)
+    scene = data.Scene([obj("star", "red", 0), obj("star", "blue", 4), obj("circle", "red", 8), obj("circle", "blue", 12)])
+    seq = build_sequence(blocks, kept=[0, 1], questions=[])
+    before = len(seq.ids)
+    add_lookup_block(seq, blocks, scene, random.Random(0))
+    assert len(seq.ids) == before
+
+
+def test_growth_keeps_the_bind_phase_function(tmp_path):
+    """After the bind phase on layers 0-3, the 28 other layers join with zero residual outputs:
+    the 32-layer forward equals the 4-layer one, and the new layers then have gradients."""
+    trainer = Trainer(parse_args(["--workdir", str(tmp_path), "--grow-from", "0,1,2,3"]))
+    trainer.state["bind"] = {"end": 0.3}
+    blocks, model = trainer.blocks, trainer.model
+    torch.manual_seed(0)
+    for layer in model.model.language_model.layers:  # away from init, so a skipped layer would matter
+        for p in layer.parameters():
+            p.data.add_(0.05 * torch.randn_like(p))
+    kept = list(range(0, 576, 6))  # 96 tokens
+    question = (blocks.prompt("What colour is the star?"), blocks.words("red"), "gqa/colour")
+    batch = collate([build_sequence(blocks, kept, [question])], Layout(n_image=96), blocks.pad)
+    projected = torch.randn(1, 576, model.config.text_config.hidden_size)
+    with torch.no_grad():
+        before, _ = lm_hidden(model, batch, projected, layers=trainer.grow_layers)
+        full, _ = lm_hidden(model, batch, projected)
+        assert (before - full).abs().max() > 1e-3  # the other layers change the output before growth
+        trainer.grow()
+        after, _ = lm_hidden(model, batch, projected)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    after, _ = lm_hidden(model, batch, projected)
+    after.square().sum().backward()
+    new_layer = model.model.language_model.layers[4]
+    assert new_layer.self_attn.o_proj.weight.grad.abs().sum() > 0
