@@ -38,7 +38,7 @@ def test_checkpoint_is_small_and_loads_offline(shapes_model):
 
 def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
     """60 held-out gqa-style questions (colour, shape, relation, count; chance ~15%): the right image
-    gives well above chance (colour questions nearly all right), another image's pixels do much worse."""
+    gives well above chance (colour and shape questions nearly all right), another image's pixels do much worse."""
     model, processor = shapes_model
     with torch.no_grad():
         answers = generate_answers(model, processor, gqa_items)
@@ -47,8 +47,9 @@ def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
     accuracy = sum(a == item["answer"] for a, item in zip(answers, gqa_items)) / len(gqa_items)
     accuracy_swapped = sum(a == item["answer"] for a, item in zip(swapped, gqa_items)) / len(gqa_items)
     assert all(a in data.vocabulary() for a in answers), answers  # one vocabulary word each
-    colour = [a == item["answer"] for a, item in zip(answers, gqa_items) if item["type"] == "colour"]
-    assert len(colour) >= 10
-    assert sum(colour) / len(colour) >= 0.8, colour  # the binding "which colour has the star" is read from the image
-    assert accuracy >= 0.45, accuracy
-    assert accuracy - accuracy_swapped >= 0.25, (accuracy, accuracy_swapped)
+    for kind, floor in (("colour", 0.9), ("shape", 0.8)):  # the bindings "which colour has the star" and back
+        right = [a == item["answer"] for a, item in zip(answers, gqa_items) if item["type"] == kind]
+        assert len(right) >= 10
+        assert sum(right) / len(right) >= floor, (kind, right)
+    assert accuracy >= 0.65, accuracy
+    assert accuracy - accuracy_swapped >= 0.4, (accuracy, accuracy_swapped)
