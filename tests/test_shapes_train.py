@@ -40,13 +40,18 @@ def lookup_pairs(seq, start: int, blocks: Blocks) -> dict[tuple[str, str], str]:
     return pairs
 
 
+def with_lookup_block(blocks: Blocks, objects: list[data.Obj]):
+    """A two-patch sequence with the lookup block of `objects` appended; (sequence, block start)."""
+    seq = build_sequence(blocks, kept=[0, 1], questions=[])
+    start = len(seq.ids)
+    add_lookup_block(seq, blocks, data.Scene(objects), random.Random(0))
+    return seq, start
+
+
 def test_lookup_block_pairs_only_unique_attributes(shapes_processor):
     blocks = Blocks(shapes_processor.tokenizer)
     # stars twice, red twice: circle and square are unique shapes, blue and green unique colours
-    scene = data.Scene([obj("star", "red", 0), obj("circle", "blue", 4), obj("star", "green", 8), obj("square", "red", 12)])
-    seq = build_sequence(blocks, kept=[0, 1], questions=[])
-    start = len(seq.ids)
-    add_lookup_block(seq, blocks, scene, random.Random(0))
+    seq, start = with_lookup_block(blocks, [obj("star", "red", 0), obj("circle", "blue", 4), obj("star", "green", 8), obj("square", "red", 12)])
     assert seq.ids[start] == blocks.newline and seq.labels[start] == -100
     assert set(seq.group[start:]) == {1} and set(seq.kind[start:]) == {KIND_PROMPT}
     assert seq.offset[start:] == list(range(len(seq.ids) - start))
@@ -61,11 +66,8 @@ def test_lookup_block_pairs_only_unique_attributes(shapes_processor):
 
 def test_lookup_block_absent_when_nothing_is_unique(shapes_processor):
     blocks = Blocks(shapes_processor.tokenizer)
-    scene = data.Scene([obj("star", "red", 0), obj("star", "blue", 4), obj("circle", "red", 8), obj("circle", "blue", 12)])
-    seq = build_sequence(blocks, kept=[0, 1], questions=[])
-    before = len(seq.ids)
-    add_lookup_block(seq, blocks, scene, random.Random(0))
-    assert len(seq.ids) == before
+    seq, start = with_lookup_block(blocks, [obj("star", "red", 0), obj("star", "blue", 4), obj("circle", "red", 8), obj("circle", "blue", 12)])
+    assert len(seq.ids) == start
 
 
 def test_growth_keeps_the_bind_phase_function(tmp_path):
