@@ -94,7 +94,6 @@ def run_bench(cfg: DictConfig) -> dict:
     for name, budget in configs:
         engines[(name, budget)] = PruningEngine(model, load_method(name, budget or 576), time_scoring=True)
     runs: dict[tuple, list[dict]] = {key: [] for key in configs}
-    peaks: dict[tuple, tuple[int, int]] = {}
     with torch.no_grad():
         warm = configs if cfg.warmup_all else configs[:1]  # every code path, or vanilla only (CPU: the weights)
         for key in tqdm([key for _ in range(cfg.warmup) for key in warm], desc="warm-up", unit="run"):
@@ -104,9 +103,9 @@ def run_bench(cfg: DictConfig) -> dict:
         for key in tqdm(order, desc="bench", unit="run"):
             start = reset_peak_memory(device)  # a peak window per call (CUDA counter; Linux: the process's peak RSS)
             with engines[key]:
-                runs[key].append(time_once(engines[key], inputs, cfg.new_tokens, clock))
+                record = time_once(engines[key], inputs, cfg.new_tokens, clock)
             peak = peak_memory(device)[0]
-            peaks[key] = max(peaks.get(key, (0, 0)), (peak, peak - start))  # (peak, above the start: activations + cache)
+            runs[key].append({**record, "peak_bytes": peak, "peak_above_start_bytes": peak - start})  # above: activations + cache
 
     vision = vision_flops(model)
     vanilla_llm = prefill_flops(runs[configs[0]][0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
@@ -132,8 +131,8 @@ def run_bench(cfg: DictConfig) -> dict:
             "ideal_speedup": ideal,
             "ideal_speedup_llm_only": vanilla_llm / llm,
             "speedup_ratio": measured / ideal,
-            "peak_bytes": peaks[(name, budget)][0],
-            "peak_above_start_bytes": peaks[(name, budget)][1],
+            "peak_bytes": max(r["peak_bytes"] for r in reps),
+            "peak_above_start_bytes": max(r["peak_above_start_bytes"] for r in reps),
             "kv_cache_bytes": reps[0]["kv_cache_bytes"],
             "reps": len(reps),
         })

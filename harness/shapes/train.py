@@ -1144,7 +1144,7 @@ class Trainer:
         if args.bind_fraction <= 0:
             return False, 0.0
         if self.binding:
-            losses = {t: state["task_loss"].get(t, 9.0) for t in ("gqa/colour", "gqa/shape")}
+            losses = {t: state["task_loss"].get(t, 9.0) for t in sorted(BIND_TASKS)}
             if all(v < args.bind_target for v in losses.values()) or fraction >= args.bind_fraction:
                 bind["end"] = fraction
                 tqdm.write(f"[lm step {state['step']['lm']}] bind phase ends at {fraction:.3f} of the budget: "
