@@ -95,3 +95,27 @@ def test_growth_keeps_the_bind_phase_function(tmp_path):
     after.square().sum().backward()
     new_layer = model.model.language_model.layers[4]
     assert new_layer.self_attn.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_extend_lm_continues_a_finished_stage(tmp_path):
+    """--extend-lm reopens a finished language stage for more minutes with a warm-restarted LR,
+    keeps the step count and time, and refuses a stage that is still running."""
+    small = ["--workdir", str(tmp_path), "--batch-lm", "1", "--questions-per-image", "2", "--log-every", "1",
+             "--eval-pope", "1", "--eval-gqa", "1", "--eval-mme", "1", "--eval-robust", "1"]  # fmt: skip
+    trainer = Trainer(parse_args(small))
+    trainer.state.update(stage="done", phase=2, bind={"end": 0.1, "grown": True})
+    trainer.state["step"]["lm"], trainer.clock.offset["lm"] = 50, 600.0
+    trainer.save()
+    with pytest.raises(ValueError, match="--extend-lm"):  # no finished stage to extend
+        Trainer(parse_args(small + ["--workdir", str(tmp_path / "fresh"), "--extend-lm", "1"]))
+
+    trainer = Trainer(parse_args(small + ["--extend-lm", "0.1", "--lr-extend", "3e-4"]))
+    assert trainer.state["stage"] == "lm" and trainer.extension["start_step"] == 50
+    assert "continued for 0.1 min" in trainer.state["note"]
+    trainer.train_lm()
+    assert trainer.state["stage"] == "final"
+    assert trainer.state["step"]["lm"] > 50 and trainer.state["elapsed"]["lm"] >= 606.0
+    lrs = [r["lr"] for r in trainer.curve.records() if "lr" in r]
+    assert lrs and 0 < lrs[0] <= 3e-4 / 100 * 1.01  # warm-up from the extension's first step
+    assert max(lrs) <= 3e-4
+    assert len(Trainer(parse_args(small + ["--extend-lm", "0.1"])).state["extensions"]) == 2  # finished: a new one

@@ -913,6 +913,8 @@ class Trainer:
             self.state[key].setdefault("align", 0)
         if args.restart_lm:
             self.restart_lm()
+        if args.extend_lm > 0:
+            self.extend_lm()
         self.curve = Curve(self.workdir / "curve.jsonl", self.state["curve_lines"])
         self.clock = Clock(self.state["elapsed"])
         self.last_save = time.time()
@@ -944,6 +946,32 @@ class Trainer:
         note = f"after {minutes:.1f} min of language stage {what} trained again from scratch (--restart-lm)"
         state["note"] = "; ".join(n for n in (state.get("note", ""), note) if n)
         print(f"restart: {note}", flush=True)
+
+    def extend_lm(self) -> None:
+        """Continues a finished language stage for `--extend-lm` more minutes (warm restart: LR
+        warm-up to `--lr-extend`, then cosine to 10% over the extension; same data stream and
+        curriculum). Rerunning the same command while the extension runs resumes it."""
+        state, args = self.state, self.args
+        extensions = state.setdefault("extensions", [])
+        if state["stage"] == "lm" and extensions:
+            return  # resuming the running extension
+        if state["stage"] not in ("final", "done"):
+            raise ValueError(f"--extend-lm: the language stage has not finished (stage={state['stage']!r}); "
+                             "resume without --extend-lm first")  # fmt: skip
+        extensions.append({"start_seconds": state["elapsed"]["lm"], "start_step": state["step"]["lm"],
+                           "minutes": args.extend_lm, "lr": args.lr_extend, "before": state.get("final") or state.get("last_eval", {})})  # fmt: skip
+        state.update(stage="lm", optimizer=None, final=None)
+        note = (f"after {state['elapsed']['lm'] / 60:.1f} min the language stage was continued for {args.extend_lm:g} min "
+                f"(--extend-lm, LR warm restart to {args.lr_extend:g}, cosine to 10%)")  # fmt: skip
+        if args.restart_why:
+            note += f": {args.restart_why}"
+        state["note"] = "; ".join(n for n in (state.get("note", ""), note) if n)
+        print(f"extend: {note}", flush=True)
+
+    @property
+    def extension(self) -> dict | None:
+        """The running `--extend-lm` continuation of the language stage, if any."""
+        return (self.state.get("extensions") or [None])[-1]
 
     def save(self, optimizer=None) -> None:
         self.state["elapsed"] = self.clock.snapshot()
@@ -1214,7 +1242,8 @@ class Trainer:
 
     def train_lm(self) -> None:
         args, model = self.args, self.model
-        budget = 60 * args.minutes_lm
+        extension = self.extension
+        budget = extension["start_seconds"] + 60 * extension["minutes"] if extension else 60 * args.minutes_lm
         model.model.vision_tower.requires_grad_(False)
         params = list(model.model.multi_modal_projector.parameters()) + list(model.model.language_model.parameters())
         for p in params:
@@ -1244,10 +1273,16 @@ class Trainer:
                 self.save(optimizer)
             step = self.state["step"]["lm"]
             fraction = min(1.0, self.clock.stage("lm") / budget)
-            lr = args.lr_lm * min(1.0, (step + 1) / args.warmup_steps) * self.lr_factor(fraction)
+            if extension:  # warm restart over the extension; the bind phase and the curriculum are behind
+                progress = (self.clock.stage("lm") - extension["start_seconds"]) / (60 * extension["minutes"])
+                warm = min(1.0, (step + 1 - extension["start_step"]) / args.warmup_steps)
+                lr = extension["lr"] * warm * cosine_to_10pct(min(1.0, progress))
+                binding, teacher = False, 0.0
+            else:
+                lr = args.lr_lm * min(1.0, (step + 1) / args.warmup_steps) * self.lr_factor(fraction)
+                binding, teacher = self.bind_status(fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            binding, teacher = self.bind_status(fraction)
             if binding:
                 layout = Layout(n_image=96)
             else:
@@ -1417,6 +1452,15 @@ def model_card(trainer: Trainer) -> str:
             "colours, on the real features, and in probes even on the exact code with all question types mixed (4 layers) "
             "or with all 32 layers from the start (10 min)."
         )  # fmt: skip
+    extend_text = ""
+    for e in state.get("extensions") or []:
+        before = e["before"].get("vanilla", e["before"])
+        extend_text += (
+            f"\n   Then continued for {e['minutes']:g} min from step {e['start_step']} (`--extend-lm`, the accuracies were still"
+            f" rising): LR warm-up to {e['lr']:g} over {args.warmup_steps} steps, then cosine to 10%, the last curriculum phase"
+            f" throughout. Before it (held-out, vanilla): pope F1 {before.get('pope_f1', '?')}, gqa EM {before.get('gqa_em', '?')},"
+            f" mme {before.get('mme_total_pct', '?')}% of max."
+        )
     decay = state.get("decay_start")
     decay_text = "never reached" if decay is None else f"reached at {decay:.0%} of the time budget"
     return f"""---
@@ -1480,7 +1524,7 @@ exact evaluation template. Images used: vision {state['images']['vision']}, alig
    (original or compact positions after it, answer tokens at their global positions), and 55%
    subsets of 24-448 tokens, half with original positions (token i at 2 + i, text at 578), half
    renumbered contiguously, with random text shifts of 1-128 positions and answer jumps. The LLM's
-   attention is never supervised.
+   attention is never supervised.{extend_text}
 4. Wall-clock of this recipe: {recipe_minutes:.1f} min on 2 CPU cores (fp32, torch {torch.__version__}); with the
    discarded language stages (below) and evaluations, {elapsed.get('total', 0) / 60:.1f} min on this machine in all.
 
@@ -1638,6 +1682,9 @@ def parse_args(argv=None):
                         "outputs ('' = all 32 from the start: the deep narrow model did not bind colours in 10 min; "
                         "0,8,16,24: layers 1-7 never read the image, unfair to methods that score at layers 1-2)")
     p.add_argument("--restart-why", default="", help="with --restart-lm: why the language stage is discarded (model card)")
+    p.add_argument("--extend-lm", type=float, default=0.0,
+                   help="continue a finished language stage for this many minutes (warm restart), then evaluate and export")
+    p.add_argument("--lr-extend", type=float, default=5e-4, help="peak LR of an --extend-lm continuation")
     p.add_argument("--keep-align", action="store_true", help="with --restart-lm: keep the fitted projector, retrain the language model only")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--clip", type=float, default=1.0)
