@@ -119,3 +119,4 @@ def test_extend_lm_continues_a_finished_stage(tmp_path):
     assert lrs and 0 < lrs[0] <= 3e-4 / 100 * 1.01  # warm-up from the extension's first step
     assert max(lrs) <= 3e-4
     assert len(Trainer(parse_args(small + ["--extend-lm", "0.1"])).state["extensions"]) == 2  # finished: a new one
+    assert Trainer(parse_args(small + ["--restart-lm"])).extension is None  # a fresh stage has its own budget

@@ -941,11 +941,14 @@ class Trainer:
             state["step"][key] = state["images"][key] = 0
             state["elapsed"][key] = 0.0
         state.update(stage=redo[0], optimizer=None, phase=0, phase1_start=None, decay_start=None, last_eval={}, final=None,
-                     task_loss={t: 1.0 for t in TASKS}, bind={"end": None})  # fmt: skip
+                     task_loss={t: 1.0 for t in TASKS}, bind={"end": None}, extensions=[])  # fmt: skip
         what = "the language model" if self.args.keep_align else "the projector was re-fitted to the patch code (align stage) and the language model"
-        note = f"after {minutes:.1f} min of language stage {what} trained again from scratch (--restart-lm)"
-        state["note"] = "; ".join(n for n in (state.get("note", ""), note) if n)
-        print(f"restart: {note}", flush=True)
+        self.add_note(f"after {minutes:.1f} min of language stage {what} trained again from scratch (--restart-lm)", "restart")
+
+    def add_note(self, note: str, kind: str) -> None:
+        """Appends to the run history shown in the model card."""
+        self.state["note"] = "; ".join(n for n in (self.state.get("note", ""), note) if n)
+        print(f"{kind}: {note}", flush=True)
 
     def extend_lm(self) -> None:
         """Continues a finished language stage for `--extend-lm` more minutes (warm restart: LR
@@ -958,15 +961,15 @@ class Trainer:
         if state["stage"] not in ("final", "done"):
             raise ValueError(f"--extend-lm: the language stage has not finished (stage={state['stage']!r}); "
                              "resume without --extend-lm first")  # fmt: skip
+        before = (state.get("final") or {}).get("vanilla") or state.get("last_eval", {})  # held-out, vanilla
         extensions.append({"start_seconds": state["elapsed"]["lm"], "start_step": state["step"]["lm"],
-                           "minutes": args.extend_lm, "lr": args.lr_extend, "before": state.get("final") or state.get("last_eval", {})})  # fmt: skip
+                           "minutes": args.extend_lm, "lr": args.lr_extend, "before": before})  # fmt: skip
         state.update(stage="lm", optimizer=None, final=None)
         note = (f"after {state['elapsed']['lm'] / 60:.1f} min the language stage was continued for {args.extend_lm:g} min "
                 f"(--extend-lm, LR warm restart to {args.lr_extend:g}, cosine to 10%)")  # fmt: skip
         if args.restart_why:
             note += f": {args.restart_why}"
-        state["note"] = "; ".join(n for n in (state.get("note", ""), note) if n)
-        print(f"extend: {note}", flush=True)
+        self.add_note(note, "extend")
 
     @property
     def extension(self) -> dict | None:
@@ -1276,7 +1279,7 @@ class Trainer:
             if extension:  # warm restart over the extension; the bind phase and the curriculum are behind
                 progress = (self.clock.stage("lm") - extension["start_seconds"]) / (60 * extension["minutes"])
                 warm = min(1.0, (step + 1 - extension["start_step"]) / args.warmup_steps)
-                lr = extension["lr"] * warm * cosine_to_10pct(min(1.0, progress))
+                lr = extension["lr"] * warm * cosine_to_10pct(progress)
                 binding, teacher = False, 0.0
             else:
                 lr = args.lr_lm * min(1.0, (step + 1) / args.warmup_steps) * self.lr_factor(fraction)
@@ -1454,10 +1457,10 @@ def model_card(trainer: Trainer) -> str:
         )  # fmt: skip
     extend_text = ""
     for e in state.get("extensions") or []:
-        before = e["before"].get("vanilla", e["before"])
+        before = e["before"]
         extend_text += (
-            f"\n   Then continued for {e['minutes']:g} min from step {e['start_step']} (`--extend-lm`, the accuracies were still"
-            f" rising): LR warm-up to {e['lr']:g} over {args.warmup_steps} steps, then cosine to 10%, the last curriculum phase"
+            f"\n   Then continued for {e['minutes']:g} min from step {e['start_step']} (`--extend-lm`; why: run history"
+            f" below): LR warm-up to {e['lr']:g} over {args.warmup_steps} steps, then cosine to 10%, the last curriculum phase"
             f" throughout. Before it (held-out, vanilla): pope F1 {before.get('pope_f1', '?')}, gqa EM {before.get('gqa_em', '?')},"
             f" mme {before.get('mme_total_pct', '?')}% of max."
         )
@@ -1681,7 +1684,7 @@ def parse_args(argv=None):
                    help="decoder layers trained alone in the bind phase; the rest join after it with zero residual "
                         "outputs ('' = all 32 from the start: the deep narrow model did not bind colours in 10 min; "
                         "0,8,16,24: layers 1-7 never read the image, unfair to methods that score at layers 1-2)")
-    p.add_argument("--restart-why", default="", help="with --restart-lm: why the language stage is discarded (model card)")
+    p.add_argument("--restart-why", default="", help="with --restart-lm / --extend-lm: why the language stage is discarded / continued (model card)")
     p.add_argument("--extend-lm", type=float, default=0.0,
                    help="continue a finished language stage for this many minutes (warm restart), then evaluate and export")
     p.add_argument("--lr-extend", type=float, default=5e-4, help="peak LR of an --extend-lm continuation")
