@@ -47,9 +47,9 @@ def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
     accuracy = sum(a == item["answer"] for a, item in zip(answers, gqa_items)) / len(gqa_items)
     accuracy_swapped = sum(a == item["answer"] for a, item in zip(swapped, gqa_items)) / len(gqa_items)
     assert all(a in data.vocabulary() for a in answers), answers  # one vocabulary word each
-    for kind, floor in (("colour", 0.9), ("shape", 0.8)):  # the bindings "which colour has the star" and back
+    for kind, floor in (("colour", 0.9), ("shape", 0.85)):  # the bindings "which colour has the star" and back
         right = [a == item["answer"] for a, item in zip(answers, gqa_items) if item["type"] == kind]
         assert len(right) >= 10
         assert sum(right) / len(right) >= floor, (kind, right)
-    assert accuracy >= 0.65, accuracy
-    assert accuracy - accuracy_swapped >= 0.4, (accuracy, accuracy_swapped)
+    assert accuracy >= 0.7, accuracy
+    assert accuracy - accuracy_swapped >= 0.5, (accuracy, accuracy_swapped)
