@@ -16,6 +16,7 @@ from harness.shapes.train import (
     build_sequence,
     collate,
     lm_hidden,
+    lm_stage_labels,
     parse_args,
 )
 
@@ -120,3 +121,12 @@ def test_extend_lm_continues_a_finished_stage(tmp_path):
     assert max(lrs) <= 3e-4
     assert len(Trainer(parse_args(small + ["--extend-lm", "0.1"])).state["extensions"]) == 2  # finished: a new one
     assert Trainer(parse_args(small + ["--restart-lm"])).extension is None  # a fresh stage has its own budget
+
+
+def test_lm_stage_labels_follow_restarts_and_extensions():
+    """A step counter that goes back starts a new language stage; the first ones were discarded, and
+    the last one's records after an --extend-lm start are marked as its continuation."""
+    steps = [0, 400, 800, 0, 300, 10, 500, 900, 1000, 1400]
+    labels = lm_stage_labels([{"step": s} for s in steps], n_discarded=2, extension_steps=[900])
+    assert labels == ["1 (discarded)"] * 3 + ["2 (discarded)"] * 2 + ["3"] * 3 + ["3, continued"] * 2
+    assert lm_stage_labels([{"step": 5}, {"step": 9}], n_discarded=0, extension_steps=[]) == ["1", "1"]

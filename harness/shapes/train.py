@@ -1398,17 +1398,42 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def lm_stage_labels(records: list[dict], n_discarded: int, extension_steps: list[int]) -> list[str]:
+    """The language stage of each "lm" record: its step counter restarts at every --restart-lm.
+
+    Args:
+        records: learning-curve records of the language stage, in order.
+        n_discarded: how many language stages were discarded (the first ones).
+        extension_steps: the steps at which --extend-lm continued the final stage.
+
+    Returns:
+        Per record "1 (discarded)", ..., "5", or "5, continued" after an extension's start.
+    """
+    labels, stage, previous = [], 0, None
+    for r in records:
+        if previous is not None and r["step"] < previous:
+            stage += 1
+        previous = r["step"]
+        label = f"{stage + 1}" + (" (discarded)" if stage < n_discarded else "")
+        if stage == n_discarded and any(r["step"] > s for s in extension_steps):
+            label += ", continued"
+        labels.append(label)
+    return labels
+
+
 def model_card(trainer: Trainer) -> str:
     state, args = trainer.state, trainer.args
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    records = trainer.curve.records()
-    evals = [r for r in records if r["stage"] == "lm" and "eval" in r]
+    lm_records = [r for r in trainer.curve.records() if r["stage"] == "lm"]
+    stages = lm_stage_labels(lm_records, len(state.get("discarded") or []),
+                             [e["start_step"] for e in state.get("extensions") or []])  # fmt: skip
+    evals = [(label, r) for label, r in zip(stages, lm_records) if "eval" in r]
     curve_rows = [
-        [r["step"], f"{r['elapsed'] / 60:.0f}", r["eval"].get("pope_f1", ""), r["eval"].get("gqa_em", ""),
+        [label, r["step"], f"{r['elapsed'] / 60:.0f}", r["eval"].get("pope_f1", ""), r["eval"].get("gqa_em", ""),
          r["eval"].get("mme_total_pct", ""), r["eval"].get("mme_count_acc", ""), r["eval"].get("mme_position_acc", ""),
          r["eval"].get("mme_color_acc", ""), r["eval"].get("gqa_em_L2_random192_original", ""),
          r["eval"].get("gqa_em_L2_random192_compact", "")]
-        for r in evals
+        for label, r in evals
     ]  # fmt: skip
     vision = state.get("vision_final") or {}
     final = state.get("final") or {}
@@ -1532,7 +1557,9 @@ exact evaluation template. Images used: vision {state['images']['vision']}, alig
    discarded language stages (below) and evaluations, {elapsed.get('total', 0) / 60:.1f} min on this machine in all.
 
 ## Learning curve (periodic held-out evaluation, vanilla generation)
-{_table(curve_rows, ["step", "min", "pope F1", "gqa EM", "mme % of max", "mme count acc", "mme position acc", "mme color acc", "gqa EM L2 rnd192 orig", "gqa EM L2 rnd192 compact"])}
+Stage: the language stage (the discarded ones are described below); min: machine time in all.
+
+{_table(curve_rows, ["stage", "step", "min", "pope F1", "gqa EM", "mme % of max", "mme count acc", "mme position acc", "mme color acc", "gqa EM L2 rnd192 orig", "gqa EM L2 rnd192 compact"])}
 
 Full curve: `training_curve.jsonl` (loss, lr, image tokens and layout per logged step; per-task loss).
 
