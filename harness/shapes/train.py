@@ -973,7 +973,7 @@ class Trainer:
 
     @property
     def extension(self) -> dict | None:
-        """The running `--extend-lm` continuation of the language stage, if any."""
+        """The latest `--extend-lm` continuation of the language stage (running while stage is "lm"), if any."""
         return (self.state.get("extensions") or [None])[-1]
 
     def save(self, optimizer=None) -> None:
