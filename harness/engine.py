@@ -13,6 +13,11 @@ How it works (prefill only, batch 1; ARCHITECTURE.md, "The pruning engine"):
 4. Each layer's KV cache then holds only what that layer saw. Layer 0 is never pruned, so HF's
    cache length (read from layer 0) stays the full prompt length and decode continues at the
    original next position.
+5. Decode positions (`method.decode_positions`): "global" leaves HF's next position (prompt length +
+   tokens generated so far) at every layer; "per_layer" gives a generated token, at each layer, that
+   layer's own cache length as its position, as the FlashAttention-2 path of the SparseVLM v1.5 and
+   AdaptInfer code does. With compact positions, per_layer continues each layer's renumbering without
+   a gap; global leaves a gap of the pruned count.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import rotate_half
 
 from harness.budget import check_schedule
-from harness.methods.base import PreLLMContext, PruningMethod, Selection, Stage, StageContext
+from harness.methods.base import (
+    DECODE_POSITIONS, PreLLMContext, PruningMethod, Selection, Stage, StageContext, check_choice,
+)
 
 ATTN_NAME = "prunebench_sdpa"
 VISION_ATTN_NAME = "prunebench_vision_sdpa"
@@ -69,6 +76,8 @@ class PrefillState:
     n_merged: int = 0
     input_embeds: torch.Tensor | None = None  # [N, d]
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
+    stage_rope: dict[int, tuple] = field(default_factory=dict)  # stage layer -> (cos, sin) [N, hd] it applied
+    decode_rope: dict[int, tuple] = field(default_factory=dict)  # per decode step: cache length -> (ids, (cos, sin))
     gathered: dict | None = None  # kwargs gathered for the current kept set (reused by later layers)
     pruned: bool = False
     decoding: bool = False
@@ -113,6 +122,9 @@ class PruningEngine:
         self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
         self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
         self.pre_llm = getattr(method, "pre_llm", False)
+        self.decode_positions = check_choice(
+            "method.decode_positions", getattr(method, "decode_positions", "global"), DECODE_POSITIONS
+        )
         # A pre-LLM method has no stages: its budget is the size of what `reduce` returns (checked in `generate`).
         check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name,
                        check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
@@ -195,6 +207,7 @@ class PruningEngine:
             # Layer 0 is never pruned, so HF's cache length is the full one and positions continue from N.
             assert past == expected, f"cache holds {past} positions at layer 0, expected {expected}"
             st.generated += (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+            st.decode_rope = {}
         return None
 
     def _new_state(self, input_ids: torch.Tensor) -> PrefillState:
@@ -266,11 +279,15 @@ class PruningEngine:
         st.tokens_per_layer.append(hidden.shape[1])
         st.layer_positions.append(st.seq_positions)
         if not st.pruned:
+            if layer_idx in self.score_layers:
+                st.stage_rope[layer_idx] = tuple(t[0] for t in kwargs["position_embeddings"])  # [n, hd] each
             return None
         if st.gathered is None:
             t0 = self._clock()
             st.gathered = self._gather(kwargs, hidden.shape[1])
             st.scoring_s += self._clock() - t0
+        if layer_idx in self.score_layers:
+            st.stage_rope[layer_idx] = tuple(t[0] for t in st.gathered["position_embeddings"])  # [n, hd] each
         return (hidden, *args[1:]), {**kwargs, **st.gathered}
 
     def _apply_stage(self, stage_index: int, stage: Stage, hidden: torch.Tensor, layer_idx: int) -> torch.Tensor:
@@ -289,6 +306,7 @@ class PruningEngine:
             hidden=hidden[0],
             input_embeds=st.input_embeds,
             generator=generator,
+            rope=st.stage_rope.pop(stage.layer, None),
         )
         sel: Selection = self.method.select(ctx)
         keep = sel.keep.to(hidden.device)
@@ -419,17 +437,46 @@ class PruningEngine:
         return out
 
     def _decode_kwargs(self, layer_idx: int, args: tuple, kwargs: dict):
-        """Decode: a materialised mask covers the full length; keep this layer's cached columns + new ones."""
-        mask = kwargs.get("attention_mask")
+        """Decode at a pruned layer: the new tokens' positions (per_layer) and the columns of a materialised mask.
+
+        HF hands every layer the global positions and a mask over the full length; this layer cached only
+        what it saw in prefill, so a mask keeps that layer's cached columns + the new ones.
+        """
         st = self.state
-        if not isinstance(mask, torch.Tensor) or not st.pruned or layer_idx < min(self.stage_entering):
+        if not st.pruned or not self.stage_entering or layer_idx < min(self.stage_entering):
             return None
-        if self.method.positions == "compact":
-            cached = torch.arange(st.tokens_per_layer[layer_idx], device=mask.device)
-        else:
-            cached = st.layer_positions[layer_idx]
-        new = torch.arange(st.prompt_len, mask.shape[-1], device=mask.device)
-        return args, {**kwargs, "attention_mask": mask[..., torch.cat([cached, new])]}
+        out = {}
+        if self.decode_positions == "per_layer":
+            out.update(self._per_layer_positions(layer_idx, args[0], kwargs))
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            if self.method.positions == "compact":
+                cached = torch.arange(st.tokens_per_layer[layer_idx], device=mask.device)
+            else:
+                cached = st.layer_positions[layer_idx]
+            new = torch.arange(st.prompt_len, mask.shape[-1], device=mask.device)
+            out["attention_mask"] = mask[..., torch.cat([cached, new])]
+        return (args, {**kwargs, **out}) if out else None
+
+    def _per_layer_positions(self, layer_idx: int, hidden: torch.Tensor, kwargs: dict) -> dict:
+        """Positions `own cache length + 0..Q-1` for the Q new tokens at this layer, with their RoPE cos/sin."""
+        st = self.state
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        own = cache.get_seq_length(layer_idx)  # what this layer cached: its prefill tokens + earlier generated ones
+        if own not in st.decode_rope:  # once per distinct cache length and step
+            q = hidden.shape[1]
+            ids = torch.arange(own, own + q, device=hidden.device)[None]  # [1, Q]
+            st.decode_rope[own] = (ids, self.model.model.language_model.rotary_emb(hidden, position_ids=ids))
+        ids, cos_sin = st.decode_rope[own]
+        return {"position_ids": ids, "position_embeddings": cos_sin}
+
+    def facts(self) -> dict:
+        """What the run's method did beyond its config: resolved positions and where its counts come from."""
+        return {
+            "positions": getattr(self.method, "positions", None),
+            "decode_positions": self.decode_positions,
+            "schedule": getattr(self.method, "schedule_kind", None),
+        }
 
     def _clock(self) -> float:
         if not self.time_scoring:

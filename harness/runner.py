@@ -136,7 +136,7 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
     num_layers, num_images = engine.num_layers, engine.num_image_tokens
     per_layer = np.mean([r["vision_per_layer"] for r in ok], axis=0).tolist() if ok else []
     tokens = {"vision_per_layer": per_layer, "avg_vision_tokens": float(np.mean(per_layer)) if per_layer else None}
-    if cfg.method.get("schedule") == "paper":
+    if cfg.method.get("schedule") in ("paper", "derived"):
         tokens["avg_vision_tokens_paper"] = paper_budget(engine.stages, num_layers, num_images)
 
     timed = [r for r in ok if not r["warmup"]]
@@ -176,6 +176,7 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         "limit": cfg.limit,
         "tasks": tasks,
         "tokens": tokens,
+        "method_facts": engine.facts(),  # resolved positions, decode positions, schedule (matched|paper|derived)
         "latency_ms": latency,
         "flops": flops,
         "memory": memory,

@@ -99,12 +99,28 @@ def test_published_schedule_accounting():
     assert realized_budget(stages, 32, V) == pytest.approx(82.875)
     assert paper_budget(stages, 32, V) == pytest.approx(64.96875)
     assert realized_budget(AdaptInfer(128, schedule="paper").schedule(32, V), 32, V) == pytest.approx(146.25)
-    with pytest.raises(ValueError, match=r"budget=100 has no published AdaptInfer schedule \(allowed: \[32, 48, 64, 128, 192\]\)"):
+    with pytest.raises(ValueError, match=r"budget=100 has no published AdaptInfer schedule \(allowed: \[32, 48, 64, 128\]\)"):
         AdaptInfer(100, schedule="paper").schedule(32, V)
 
 
+def test_192_is_derived_never_published():
+    """The paper and its code publish no 192 schedule: schedule=paper refuses it and names the way to run the
+    derived one; schedule=derived runs 384/160/43 (192.1 in the paper's accounting) and says so."""
+    with pytest.raises(ValueError, match=r"budget=192 has no published AdaptInfer schedule \(allowed: \[32, 48, 64, 128\]\).*"
+                                         r"\[192\] with schedule=derived"):
+        AdaptInfer(192, schedule="paper").schedule(32, V)
+    method = AdaptInfer(192, schedule="derived")
+    stages = method.schedule(32, V)
+    assert [(s.layer, s.keep) for s in stages] == [(1, 384), (10, 160), (20, 43)]
+    assert paper_budget(stages, 32, V) == pytest.approx(192.125)
+    assert method.schedule_kind == "derived"
+    with pytest.raises(ValueError, match=r"budget=128 has no derived AdaptInfer schedule \(allowed: \[192\]\)"):
+        AdaptInfer(128, schedule="derived").schedule(32, V)
+
+
 def test_matched_schedule_keeps_the_published_ratios():
-    for budget, published in [(128, (290, 72, 18)), (64, (133, 27, 3))]:
+    """Ratios of the nearest published entry: 192 scales the published 128 (290/72/18), not the derived 192."""
+    for budget, published in [(192, (290, 72, 18)), (128, (290, 72, 18)), (64, (133, 27, 3))]:
         stages = AdaptInfer(budget).schedule(32, V)
         assert abs(realized_budget(stages, 32, V) - budget) <= 1
         scale = stages[0].keep / published[0]
@@ -115,7 +131,9 @@ def test_matched_schedule_keeps_the_published_ratios():
 
 
 def test_bad_options_are_clear_errors():
-    with pytest.raises(ValueError, match=r"method.schedule='published' is not allowed \(allowed: matched, paper\)"):
+    with pytest.raises(ValueError, match=r"method.schedule='published' is not allowed \(allowed: matched, paper, derived\)"):
         AdaptInfer(64, schedule="published")
+    with pytest.raises(ValueError, match=r"method.decode_positions='last' is not allowed \(allowed: global, per_layer\)"):
+        AdaptInfer(64, decode_positions="last")
     with pytest.raises(ValueError, match=r"method.positions='shifted' is not allowed"):
         AdaptInfer(64, positions="shifted")

@@ -6,6 +6,8 @@ sequence by hand between stages, and do the rater / score / top-k / DPC-KNN arit
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from contextlib import contextmanager
 
@@ -14,12 +16,15 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.llama.configuration_llama import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from harness.budget import paper_budget, realized_budget, vision_per_layer
 from harness.engine import PruningEngine
-from harness.methods.sparsevlm import SparseVLM, dpc_knn_merge
+from harness.methods.sparsevlm import SparseVLM, dpc_knn_merge, gravity
 
 V, L = 576, 32
+FLOOR = 0.1  # the default gravity guard
 
 
 # ------------------------------------------------------------------ helpers
@@ -46,7 +51,7 @@ def spy(method: SparseVLM) -> list[dict]:
         sel = select(ctx)
         raters = method._raters[1]
         records.append({"span": ctx.image_span, "raters": raters.tolist(),
-                        "scores": method.scores(ctx.attn, raters, *ctx.image_span), "sel": sel})
+                        "scores": method.scores(ctx.attn, raters, *ctx.image_span, ctx.rope), "sel": sel})
         return sel
 
     method.select = recording_select
@@ -67,9 +72,39 @@ def reference_raters(embeds: torch.Tensor, start: int) -> list[int]:
     return [t for t, r in enumerate(relevance) if r > mean]
 
 
+@functools.lru_cache(maxsize=None)
+def rotate_ones(position: int, hd: int, theta: float) -> tuple[float, ...]:
+    """RoPE of an all-ones vector at `position`: pair (d, d + hd/2) turned by position * theta^(-2d/hd), float64."""
+    out = [0.0] * hd
+    for d in range(hd // 2):
+        angle = position * theta ** (-2 * d / hd)
+        out[d] = math.cos(angle) - math.sin(angle)  # x_d cos - x_{d+hd/2} sin
+        out[d + hd // 2] = math.cos(angle) + math.sin(angle)  # x_{d+hd/2} cos + x_d sin
+    return tuple(out)
+
+
+def reference_gravity(pos_q: int, pos_k: int, hd: int, theta: float, floor: float | None = FLOOR) -> float:
+    """The official v2.0 `rope_weights` for one query/key pair: all-ones query and key rotated by RoPE at their
+    positions, dot product / sqrt(hd); then the guard: at least `floor` times the value at distance 0 (sqrt(hd))."""
+    q, k = rotate_ones(pos_q, hd, theta), rotate_ones(pos_k, hd, theta)
+    value = sum(a * b for a, b in zip(q, k)) / math.sqrt(hd)
+    return value if floor is None else max(value, floor * math.sqrt(hd))
+
+
+def gravity_matrix(row_positions: list[int], col_positions: list[int], hd: int, theta: float) -> torch.Tensor:
+    """reference_gravity (guarded) for every (row, column) pair, `[R, C]` float64."""
+    return torch.tensor([[reference_gravity(p, q, hd, theta) for q in col_positions] for p in row_positions],
+                        dtype=torch.float64)
+
+
 def reference_scores(attn: torch.Tensor, raters: list[int], text_start: int, start: int, end: int,
-                     top_heads: int | None = None) -> torch.Tensor:
-    """Mean over (the top_heads highest rater->image) heads and over raters of A[text_start + t, start:end]."""
+                     top_heads: int | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over (the top_heads highest rater->image) heads and over raters of A[text_start + t, start:end],
+    each divided by `weights[rater, column]` first if given (v2's gravity)."""
+    if weights is not None:
+        attn = attn.double().clone()
+        for a, t in enumerate(raters):
+            attn[:, text_start + t, start:end] /= weights[a]
     heads = list(range(attn.shape[0]))
     if top_heads is not None and top_heads < len(heads):
         total = [sum(float(attn[h, text_start + t, start:end].sum()) for t in raters) for h in heads]
@@ -139,12 +174,13 @@ def run_layers(lm, hidden: torch.Tensor, layers: range, capture: int | None = No
 def test_compact_stages_match_hand_rebuilt_eager_reference(tiny, prompts, variant, budget, prompt):
     """Raters, scores, kept sets and merged states at every stage, then the logits: the engine equals eager
     attention on the sequence rebuilt by hand (kept + recycled clusters, renumbered 0..n-1). v2 runs here
-    with compact positions and the top 2 of 4 heads."""
+    with compact positions, the gravity correction (guarded: head dim 16) and the top 2 of 4 heads."""
     model, _ = tiny
     inputs = prompts[prompt]
     start, _ = image_span(inputs, model)
     lm = model.model.language_model
     recycle, top_heads = variant == "v1.5", (None if variant == "v1.5" else 2)
+    hd, theta = lm.config.head_dim, lm.config.rope_parameters["rope_theta"]
     method = SparseVLM(budget, variant=variant, positions="compact", top_heads=top_heads or 14)
     records = spy(method)
     with torch.no_grad():
@@ -163,7 +199,10 @@ def test_compact_stages_match_hand_rebuilt_eager_reference(tiny, prompts, varian
                 if i == 0:  # nothing pruned yet: the model's own output_attentions
                     assert (attn - full.attentions[stage.layer][0]).abs().max() < 1e-6
                     attn = full.attentions[stage.layer][0]
-                scores = reference_scores(attn, raters, cur_end, start, cur_end, top_heads)
+                weights = None
+                if variant == "v2":  # compact positions: the current index is the position
+                    weights = gravity_matrix([cur_end + t for t in raters], list(range(start, cur_end)), hd, theta)
+                scores = reference_scores(attn, raters, cur_end, start, cur_end, top_heads, weights)
                 keep = top_k(scores, stage.keep)
                 merged = reference_recycle(scores, keep, hidden[0, start:cur_end]) if recycle else hidden[0, :0]
                 rec = records[i]
@@ -213,14 +252,15 @@ AttentionMaskInterface.register("test_sparsevlm_masked", sdpa_mask)
 
 
 def test_v2_original_positions_match_masked_reference(tiny, prompts):
-    """v2 (top-2 of 4 heads, original positions): kept sets from the masked full-length attention, and the pruned
-    prefill + decode steps equal a run that hides each stage's pruned tokens from the layer after it on."""
+    """v2 (gravity, top-2 of 4 heads, original positions): kept sets from the masked full-length attention divided
+    by the official gravity term, and the pruned prefill + decode steps (global decode positions, v2's default)
+    equal a run that hides each stage's pruned tokens from the layer after it on."""
     model, _ = tiny
     inputs = prompts[1]
     start, end = image_span(inputs, model)
     n = inputs["input_ids"].shape[1]
     method = SparseVLM(192, variant="v2", top_heads=2)
-    assert method.positions == "original"
+    assert method.positions == "original" and method.decode_positions == "global"
     with torch.no_grad():
         engine = PruningEngine(model, method, record_kept=True)
         with engine:
@@ -245,14 +285,19 @@ def test_v2_original_positions_match_masked_reference(tiny, prompts):
             HIDDEN.clear()
     ref_logits = ref.logits
     raters = reference_raters(ref.hidden_states[0][0], start)  # input embeddings, image features scattered in
+    hd, theta = model.config.text_config.head_dim, model.config.text_config.rope_parameters["rope_theta"]
     current = list(range(V))  # visible original image indices
+    heads_matter, gravity_matters = [], []
     for stage in engine.stages:
         attn = probs[stage.layer][:, :, start + torch.tensor(current)]  # [H, N, V'] visible image columns
-        scores = reference_scores(attn, raters, end, 0, len(current), top_heads=2)
-        if stage is engine.stages[0]:  # the head selection matters: all 4 heads would keep another set
-            assert top_k(scores, stage.keep) != top_k(reference_scores(attn, raters, end, 0, V), stage.keep)
-        current = [current[j] for j in top_k(scores, stage.keep)]
+        weights = gravity_matrix([end + t for t in raters], [start + j for j in current], hd, theta)  # original positions
+        scores = reference_scores(attn, raters, end, 0, len(current), top_heads=2, weights=weights)
+        keep = top_k(scores, stage.keep)
+        heads_matter.append(keep != top_k(reference_scores(attn, raters, end, 0, len(current), weights=weights), stage.keep))
+        gravity_matters.append(keep != top_k(reference_scores(attn, raters, end, 0, len(current), top_heads=2), stage.keep))
+        current = [current[j] for j in keep]
         assert engine.state.kept[stage.enters] == current, f"stage at layer {stage.layer}"
+    assert all(gravity_matters) and any(heads_matter)  # without either, other kept sets
     assert engine.state.vision_per_layer == vision_per_layer(engine.stages, L, V)
     assert (logits[0] - ref_logits[0, positions]).abs().max().item() < 1e-4
     for step, ref_step in zip(gen.logits, ref_gen.logits):
@@ -375,3 +420,87 @@ def test_bad_options_are_clear_errors():
         SparseVLM(577).schedule(L, V)
     with pytest.raises(ValueError, match=r"method.layers=\[2, 6\] must name 3 stage layers"):
         SparseVLM(64, layers=[2, 6])
+    with pytest.raises(ValueError, match=r"method.decode_positions='last' is not allowed \(allowed: global, per_layer\)"):
+        SparseVLM(64, decode_positions="last")
+    for floor in (0, 1, -0.5, "x"):
+        with pytest.raises(ValueError, match=r"method.gravity_floor=.* is not allowed \(allowed: 0 < gravity_floor < 1\)"):
+            SparseVLM(64, variant="v2", gravity_floor=floor)
+    with pytest.raises(ValueError, match=r"method.gravity='yes' is not allowed \(allowed: true, false\)"):
+        SparseVLM(64, variant="v2", gravity="yes")
+
+
+def test_decode_positions_default_to_each_branch():
+    """v1.5 decodes through FlashAttention-2 with per-layer cache lengths as positions; v2.0 with the global one."""
+    assert SparseVLM(64).decode_positions == "per_layer"
+    assert SparseVLM(64, variant="v2").decode_positions == "global"
+    assert SparseVLM(64, decode_positions="global").decode_positions == "global"
+
+
+# ------------------------------------------------------------------ v2: the gravity term
+def rope(hd: int, positions: torch.Tensor, theta: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin `[n, hd]` (fp32) as transformers' Llama computes them for these positions."""
+    config = LlamaConfig(hidden_size=hd * 4, num_attention_heads=4, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    cos, sin = LlamaRotaryEmbedding(config)(torch.zeros(1, 1, hd * 4), position_ids=positions[None])
+    return cos[0], sin[0]
+
+
+def test_gravity_is_the_official_rope_weights_on_the_7b_layout():
+    """head_dim 128, theta 1e4: the term equals RoPE-rotated all-ones vectors (float64 loops) and lies in
+    1.19..11.31 for every distance 0..699, above the guard (1.13) everywhere: the guard does not bind."""
+    positions = torch.arange(700)
+    cos, sin = rope(128, positions)
+    rows = torch.tensor([699, 650, 400])
+    term, at_zero = gravity(cos, sin, rows, positions)  # [3, 700]
+    ref = gravity_matrix(rows.tolist(), positions.tolist(), 128, 1e4)
+    unguarded = torch.tensor([[reference_gravity(int(p), int(q), 128, 1e4, floor=None) for q in positions]
+                              for p in rows], dtype=torch.float64)
+    assert torch.equal(ref, unguarded)  # the guard never binds here
+    assert (term.double() - ref).abs().max().item() < 1e-4
+    assert at_zero.item() == pytest.approx(math.sqrt(128), abs=1e-5)
+    by_distance = term[0].flip(0)  # row 699: distances 0..699
+    assert by_distance.max().item() == pytest.approx(11.3137, abs=1e-3) and by_distance.argmax().item() == 0
+    assert by_distance.min().item() == pytest.approx(1.191, abs=1e-3)
+    assert by_distance.min().item() > FLOOR * at_zero.item()
+
+
+def test_gravity_crosses_zero_for_small_head_dims_and_the_guard_clamps(caplog):
+    """head_dim 16 (the tiny test model): the term turns negative from distance 91; the scores divide by the
+    term clamped at 0.1 x sqrt(16) = 0.4, never by zero or a negative value, and a warning says so once."""
+    positions = torch.arange(300)
+    cos, sin = rope(16, positions)
+    term, at_zero = gravity(cos, sin, torch.tensor([299]), positions)
+    distances = term[0].flip(0)
+    assert distances[:91].min().item() > 0 and distances[91].item() < 0
+    method = SparseVLM(64, variant="v2", top_heads=1)
+    attn = torch.full((1, 10, 300), 1.0 / 300)  # [H, T, N]: uniform rows; text block from 290
+    with caplog.at_level(logging.WARNING, logger="harness.methods.sparsevlm"):
+        scores = method.scores(attn, torch.tensor([9]), 0, 290, (cos, sin))  # rater row = position 299
+        method.scores(attn, torch.tensor([9]), 0, 290, (cos, sin))
+    expected = torch.tensor([(1.0 / 300) / reference_gravity(299, q, 16, 1e4) for q in range(290)], dtype=torch.float64)
+    assert (scores.double() - expected).abs().max().item() < 1e-7
+    assert scores.min().item() > 0 and scores.max().item() == pytest.approx((1.0 / 300) / 0.4, rel=1e-5)
+    assert sum("gravity term fell below 0.10" in r.message for r in caplog.records) == 1
+
+
+def test_v2_scores_divide_by_gravity_before_the_head_selection():
+    """32 heads, head_dim 128, a random causal attention over a 35 + 576 + 40 token prompt: the v2 scores are
+    the loop reference (rater rows / official gravity, top-14 heads by corrected sum, means); they keep
+    another set than the uncorrected scores."""
+    torch.manual_seed(0)
+    start, n_text = 35, 40
+    end, n = start + V, start + V + n_text
+    logits = torch.randn(32, n_text, n) * 2  # [H, T, N] rows = the text tokens
+    future = torch.arange(n)[None, :] > torch.arange(end, n)[:, None]
+    attn = logits.masked_fill(future, float("-inf")).softmax(-1)
+    cos, sin = rope(128, torch.arange(n))
+    raters = [1, 4, 9, 16, 25, 33, 39]
+    method = SparseVLM(192, variant="v2")
+    scores = method.scores(attn, torch.tensor(raters), start, end, (cos, sin))
+    weights = gravity_matrix([end + t for t in raters], list(range(start, end)), 128, 1e4)
+    full = torch.cat([torch.zeros(32, end, n), attn], dim=1)  # [H, N, N]: rows indexed by position
+    ref = reference_scores(full, raters, end, start, end, top_heads=14, weights=weights)
+    assert (scores.double() - ref).abs().max().item() < 1e-7
+    plain = SparseVLM(192, variant="v2", gravity=False).scores(attn, torch.tensor(raters), start, end, (cos, sin))
+    assert (plain.double() - reference_scores(full, raters, end, start, end, top_heads=14)).abs().max().item() < 1e-7
+    assert top_k(scores, 300) != top_k(plain, 300)
+    assert not method._guard_reported

@@ -14,6 +14,8 @@ import torch
 
 QueryRows = Literal["last", "text"] | None
 Positions = Literal["original", "compact"]
+DecodePositions = Literal["global", "per_layer"]
+DECODE_POSITIONS = ("global", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class StageContext:
         hidden: output hidden states of the stage layer, `[N, d]`.
         input_embeds: the language model's input embeddings (full sequence), `[N0, d]`.
         generator: a torch.Generator seeded for this sample and stage.
+        rope: the RoPE `(cos, sin)` the stage layer applied to its queries and keys, `[N, hd]` each
+            (one row per current token, at the positions that layer used); None for a pre-LLM method.
     """
 
     stage: Stage
@@ -62,6 +66,7 @@ class StageContext:
     hidden: torch.Tensor
     input_embeds: torch.Tensor
     generator: torch.Generator
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -102,6 +107,8 @@ class PruningMethod(Protocol):
     budget: int
     query_rows: QueryRows  # which attention rows `select` needs: "last" prompt token, all "text" rows, or none
     positions: Positions  # RoPE positions of the kept tokens: "original" or renumbered "compact"
+    # Optional `decode_positions: DecodePositions` (engine default "global"): the RoPE position of a generated
+    # token: HF's "global" next position at every layer, or "per_layer": each layer's own cache length.
 
     def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
         """The stages for this budget on a model with `num_layers` decoder layers (validates the budget)."""

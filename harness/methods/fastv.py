@@ -1,13 +1,15 @@
 """FastV: keep the image tokens the last prompt token attends to most, after layer K-1.
 
 Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024. This is the KV-cache variant:
-pruning happens once in prefill; the cache of layers >= K holds only the kept tokens.
+pruning happens once in prefill; the cache of layers >= K holds only the kept tokens. As in the official
+code (which decodes through HF's Llama), a generated token takes the global next position at every
+layer (`decode_positions=global`).
 """
 
 from __future__ import annotations
 
 from harness.budget import check_budget
-from harness.methods.base import Selection, Stage, StageContext, top_k_in_order
+from harness.methods.base import DECODE_POSITIONS, Selection, Stage, StageContext, check_choice, top_k_in_order
 
 
 def fastv_keep(budget: int, num_layers: int, num_image_tokens: int, k_layer: int, method: str = "fastv") -> int:
@@ -34,16 +36,19 @@ class FastV:
     Args:
         budget: average retained image tokens over all layers.
         K: the first pruned layer (scores come from layer K-1).
+        positions: "original" (official) or "compact" (kept tokens renumbered).
+        decode_positions: "global" (official: HF's next position) or "per_layer" (each layer's cache length).
     """
 
     name = "fastv"
     query_rows = "last"
     positions = "original"
 
-    def __init__(self, budget: int, K: int = 2, positions: str = "original"):
+    def __init__(self, budget: int, K: int = 2, positions: str = "original", decode_positions: str = "global"):
         self.budget = budget
         self.K = K
         self.positions = positions
+        self.decode_positions = check_choice("method.decode_positions", decode_positions, DECODE_POSITIONS)
 
     def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
         budget = check_budget(self.budget, num_image_tokens)

@@ -12,14 +12,30 @@ Stages after layers 2 / 6 / 15. v1.5 recycles part of the pruned tokens after ea
 clusters), each cluster is averaged into one token, and the merged tokens are inserted right after the
 kept image tokens (compact positions). Merged tokens are image tokens from then on: later stages score,
 keep, prune and recycle them like the others, as the official code does.
+
+v2 ("SparseVLM+", branch v2.0) divides the stage attention by a "gravity" term before it selects heads
+and scores: the attention that an all-ones query and key would have after RoPE,
+
+    gravity(i, j) = R(p_i) 1 . R(p_j) 1 / sqrt(hd) = 2 sum_f cos((p_i - p_j) theta_f) / sqrt(hd)
+
+(`rope_weights` in the official `modelling_sparse_llama.py`), which undoes RoPE's pull toward nearby
+tokens. It depends on the distance only: for LLaVA-1.5-7B (hd = 128, theta = 1e4) it lies in 1.19..11.31
+for every distance 0..699. For small head dims (or long prompts) it crosses zero (hd = 32: at distance
+474; hd = 16: at 91), where dividing by it flips or explodes the scores; see `gravity`.
+
+Decoding: the v1.5 code runs every layer through its FlashAttention-2 path, which gives a generated
+token each layer's own cache length as its position (`decode_positions=per_layer`); the v2.0 code runs
+SDPA and removes that override, so the token takes the global next position (`global`).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from harness.budget import check_budget, scaled_schedule
-from harness.methods.base import Selection, Stage, StageContext, check_choice, top_k_in_order
+from harness.methods.base import DECODE_POSITIONS, Selection, Stage, StageContext, check_choice, top_k_in_order
 
 # Published counts (paper accounting) for LLaVA-1.5-7B, stages after layers 2 / 6 / 15.
 STAGE_LAYERS = [2, 6, 15]
@@ -28,6 +44,39 @@ PUBLISHED = {
     "v2": {192: [300, 200, 118], 128: [238, 108, 60], 96: [246, 54, 28], 64: [66, 34, 20]},  # v2.0, USE_VERSION=2_0
 }
 DEFAULT_POSITIONS = {"v1.5": "compact", "v2": "original"}
+DEFAULT_DECODE_POSITIONS = {"v1.5": "per_layer", "v2": "global"}
+
+log = logging.getLogger(__name__)
+
+
+def gravity(cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v2's gravity term between query rows and key columns, from the RoPE the stage layer applied.
+
+    RoPE of an all-ones vector is `cos + rotate_half(1) * sin` (rotate_half(1) = -1 on the first half,
+    +1 on the second); the term is the dot product of two such vectors over sqrt(hd), computed in fp32
+    from the layer's own cos/sin (the official code: in the model dtype).
+
+    Guard (applied by the caller, `SparseVLM.scores`): the term is clamped from below at `gravity_floor`
+    (default 0.1) times its distance-0 value, its maximum, so it never reaches zero or turns negative
+    and no score is boosted more than 10x relative to distance 0. For LLaVA-1.5-7B that floor is 1.13
+    and the term stays above it up to distance 720 (>= 1.19 up to 699): on its prompts the guard does
+    not bind and the correction is exactly the official one. It binds on models with small head dims
+    (the embedded model, hd = 32: from distance 267), and a warning says so once per run.
+
+    Args:
+        cos, sin: `[N, hd]` the stage layer's RoPE for the current sequence.
+        rows, cols: `[R]` query and `[C]` key indices into the current sequence.
+
+    Returns:
+        `[R, C]` the term, and its distance-0 value (a scalar tensor).
+    """
+    hd = cos.shape[-1]
+    sign = torch.ones(hd, device=cos.device)
+    sign[: hd // 2] = -1.0
+    ones_rotated = cos.float() + sign * sin.float()  # [N, hd]: R(p) applied to an all-ones vector
+    term = ones_rotated[rows] @ ones_rotated[cols].T / hd**0.5  # [R, C]
+    at_zero = ones_rotated[0].square().sum() / hd**0.5  # distance 0: sqrt(hd) for plain RoPE
+    return term, at_zero
 
 
 def recycled_clusters(n_pruned: int, recycle_ratio: float = 0.3, cluster_size: int = 10) -> int:
@@ -95,10 +144,10 @@ class SparseVLM:
       ties by index instead of random noise and merges by the plain mean (see `dpc_knn_merge`);
     - a stage whose count reaches the current number of image tokens prunes nothing (budget 576 is
       vanilla); otherwise, as in the official code, at most current - 1 tokens are kept;
-    - v2: the "gravity" correction (dividing the attention by a RoPE term that can approach zero) is
-      left out; the scores average the `top_heads` heads with the highest rater->image attention
-      (all heads if the model has fewer); no recycling; original positions by default.
-    Decode positions follow HF (the global next position), see METHODS.md, "Positions".
+    - v2: the rater rows' attention is divided by the gravity term (fp32, guarded; see `gravity`), then
+      the scores average the `top_heads` heads with the highest corrected rater->image attention (all
+      heads if the model has fewer); no recycling; original positions by default. The official code
+      divides the whole `[H, N, N]` attention; only the rater rows x image columns reach the scores.
 
     Args:
         budget: average retained image tokens over all layers (merged tokens included).
@@ -112,6 +161,11 @@ class SparseVLM:
         cluster_size: v1.5: `int(n_recycled / cluster_size) + 1` clusters.
         knn_k: v1.5: neighbours of the DPC-KNN density; None = the number of clusters (official code).
         top_heads: v2: heads averaged for the scores (14 in the official code).
+        decode_positions: "per_layer" (a generated token's position at each layer is that layer's cache
+            length), "global" (HF's next position), or None for the variant's default (v1.5: per_layer,
+            v2: global), as each official branch decodes.
+        gravity: v2: divide the stage attention by the gravity term (the official v2.0 code does).
+        gravity_floor: v2: the guard, a fraction of the term's distance-0 value in (0, 1); see `gravity`.
     """
 
     name = "sparsevlm"
@@ -119,12 +173,22 @@ class SparseVLM:
 
     def __init__(self, budget: int, variant: str = "v1.5", schedule: str = "matched", positions: str | None = None,
                  layers: list[int] | None = None, recycle_ratio: float = 0.3, cluster_size: int = 10,
-                 knn_k: int | None = None, top_heads: int = 14):
+                 knn_k: int | None = None, top_heads: int = 14, decode_positions: str | None = None,
+                 gravity: bool = True, gravity_floor: float = 0.1):
         self.budget = budget
         self.variant = check_choice("method.variant", variant, tuple(PUBLISHED))
         self.schedule_kind = check_choice("method.schedule", schedule, ("matched", "paper"))
         positions = DEFAULT_POSITIONS[variant] if positions is None else positions
         self.positions = check_choice("method.positions", positions, ("original", "compact"))
+        decode_positions = DEFAULT_DECODE_POSITIONS[variant] if decode_positions is None else decode_positions
+        self.decode_positions = check_choice("method.decode_positions", decode_positions, DECODE_POSITIONS)
+        if not isinstance(gravity, bool):
+            raise ValueError(f"method.gravity={gravity!r} is not allowed (allowed: true, false)")
+        if isinstance(gravity_floor, bool) or not isinstance(gravity_floor, (int, float)) or not 0 < gravity_floor < 1:
+            raise ValueError(f"method.gravity_floor={gravity_floor} is not allowed (allowed: 0 < gravity_floor < 1)")
+        self.use_gravity = gravity and variant == "v2"
+        self.gravity_floor = float(gravity_floor)
+        self._guard_reported = False
         self.recycle = variant == "v1.5"
         if self.recycle and self.positions != "compact":
             raise ValueError(
@@ -188,13 +252,26 @@ class SparseVLM:
         raters = (relevance > relevance.mean()).nonzero().flatten()
         return raters if raters.numel() else torch.arange(text.shape[0], device=text.device)
 
-    def scores(self, attn: torch.Tensor, raters: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    def scores(self, attn: torch.Tensor, raters: torch.Tensor, start: int, end: int,
+               rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Score of each current image token: rater rows, image columns, mean over (selected) heads and raters.
 
         Args:
             attn: `[H, R, N]` softmax attention of the text rows (row 0 = first token after the image block).
+            rope: `(cos, sin)` `[N, hd]` of the stage layer; needed by v2's gravity correction.
         """
         rater_to_image = attn[:, raters, start:end]  # [H, raters, V']
+        if self.use_gravity:
+            if rope is None:
+                raise RuntimeError("sparsevlm v2: the gravity correction needs the stage layer's RoPE (cos, sin)")
+            cols = torch.arange(start, end, device=attn.device)
+            term, at_zero = gravity(*rope, end + raters, cols)  # [raters, V']
+            limit = self.gravity_floor * at_zero
+            if not self._guard_reported and bool((term < limit).any()):
+                log.warning("sparsevlm v2: the gravity term fell below %.2f x its distance-0 value (head dim %d, "
+                            "min %.3f); clamped there", self.gravity_floor, rope[0].shape[-1], float(term.min()))
+                self._guard_reported = True
+            rater_to_image = rater_to_image / term.clamp_min(limit)  # [H, raters, V'] corrected
         if self.variant == "v2" and self.top_heads < attn.shape[0]:
             per_head = rater_to_image.sum((1, 2))  # [H] total rater->image attention
             heads = torch.sort(per_head, descending=True, stable=True).indices[: self.top_heads]
@@ -209,7 +286,7 @@ class SparseVLM:
             raise RuntimeError("sparsevlm: the input embeddings do not hold the original image block + the text rows")
         if self._raters is None or self._raters[0] is not ctx.input_embeds:  # once per sample
             self._raters = (ctx.input_embeds, self.raters(ctx.input_embeds, start))
-        scores = self.scores(ctx.attn, self._raters[1], start, end)  # [V']
+        scores = self.scores(ctx.attn, self._raters[1], start, end, ctx.rope)  # [V']
         keep_count = min(ctx.stage.keep, n_current)
         keep = top_k_in_order(scores, keep_count)
         if not self.recycle or keep_count == n_current:
