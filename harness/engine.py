@@ -33,7 +33,13 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from harness.budget import check_schedule
 from harness.methods.base import (
-    DECODE_POSITIONS, PreLLMContext, PruningMethod, Selection, Stage, StageContext, check_choice,
+    DECODE_POSITIONS,
+    PreLLMContext,
+    PruningMethod,
+    Selection,
+    Stage,
+    StageContext,
+    check_choice,
 )
 
 ATTN_NAME = "prunebench_sdpa"

@@ -72,7 +72,7 @@ def reference_raters(embeds: torch.Tensor, start: int) -> list[int]:
     return [t for t, r in enumerate(relevance) if r > mean]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rotate_ones(position: int, hd: int, theta: float) -> tuple[float, ...]:
     """RoPE of an all-ones vector at `position`: pair (d, d + hd/2) turned by position * theta^(-2d/hd), float64."""
     out = [0.0] * hd
@@ -468,7 +468,7 @@ def test_gravity_crosses_zero_for_small_head_dims_and_the_guard_clamps(caplog):
     term clamped at 0.1 x sqrt(16) = 0.4, never by zero or a negative value, and a warning says so once."""
     positions = torch.arange(300)
     cos, sin = rope(16, positions)
-    term, at_zero = gravity(cos, sin, torch.tensor([299]), positions)
+    term, _ = gravity(cos, sin, torch.tensor([299]), positions)
     distances = term[0].flip(0)
     assert distances[:91].min().item() > 0 and distances[91].item() < 0
     method = SparseVLM(64, variant="v2", top_heads=1)
