@@ -69,6 +69,7 @@ class PrefillState:
     n_merged: int = 0
     input_embeds: torch.Tensor | None = None  # [N, d]
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H_kv, N, D] (methods with needs_keys)
     gathered: dict | None = None  # kwargs gathered for the current kept set (reused by later layers)
     pruned: bool = False
     decoding: bool = False
@@ -119,6 +120,7 @@ class PruningEngine:
         self.stage_entering = {s.enters: (i, s) for i, s in enumerate(self.stages)}
         query_rows = getattr(method, "query_rows", None)
         self.score_layers = {s.layer for s in self.stages if not s.before} if query_rows else set()
+        self.key_layers = {s.layer for s in self.stages if not s.before} if getattr(method, "needs_keys", False) else set()
         self.sample_seed = 0
         self.state: PrefillState | None = None
         self.vision_capture: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -228,7 +230,11 @@ class PruningEngine:
         """
         st = self.state
         layer_idx = module.layer_idx
-        if st is None or st.decoding or layer_idx not in self.score_layers or st.image_span[0] == st.image_span[1]:
+        if st is None or st.decoding or st.image_span[0] == st.image_span[1]:
+            return
+        if layer_idx in self.key_layers:
+            st.keys[layer_idx] = key[0]  # [H_kv, n, D] after RoPE: a reference, no copy
+        if layer_idx not in self.score_layers:
             return
         t0 = self._clock()
         n = query.shape[2]
@@ -289,6 +295,8 @@ class PruningEngine:
             hidden=hidden[0],
             input_embeds=st.input_embeds,
             generator=generator,
+            keys=st.keys.pop(stage.layer, None),
+            final_norm=self.model.model.language_model.norm,
         )
         sel: Selection = self.method.select(ctx)
         keep = sel.keep.to(hidden.device)

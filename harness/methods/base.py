@@ -7,6 +7,7 @@ kept set of `keep` image tokens to layer `layer + 1` (METHODS.md, "Stages"). The
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -53,6 +54,9 @@ class StageContext:
         hidden: output hidden states of the stage layer, `[N, d]`.
         input_embeds: the language model's input embeddings (full sequence), `[N0, d]`.
         generator: a torch.Generator seeded for this sample and stage.
+        keys: the stage layer's keys after RoPE, `[H_kv, N, D]` (not expanded for GQA); None unless the
+            method sets `needs_keys`.
+        final_norm: the language model's final norm (maps `[..., d]` hidden states as before the LM head).
     """
 
     stage: Stage
@@ -62,6 +66,8 @@ class StageContext:
     hidden: torch.Tensor
     input_embeds: torch.Tensor
     generator: torch.Generator
+    keys: torch.Tensor | None = None
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
