@@ -355,11 +355,12 @@ class PruningEngine:
         st.scoring_s += self._clock() - t0
 
     @torch.no_grad()
-    def generate(self, inputs: dict, **kwargs) -> tuple[torch.Tensor, dict]:
+    def generate(self, inputs: dict, instruction: str | None = None, **kwargs) -> tuple[torch.Tensor, dict]:
         """`model.generate` through the engine (greedy kwargs from the caller).
 
         In-LLM methods run on the full prompt with the hooks; a pre-LLM method gets its reduced image
-        block spliced into `inputs_embeds`. Returns (new token ids `[n_new]`, generate's output dict).
+        block spliced into `inputs_embeds`. `instruction`: the user's text (the question before the chat
+        template), for pre-LLM methods that read it. Returns (new token ids `[n_new]`, generate's output dict).
         """
         input_ids = inputs["input_ids"]
         if not self.pre_llm:
@@ -377,14 +378,19 @@ class PruningEngine:
             self.vision_capture, self.capture_s = None, 0.0
             config = self.model.config
             t_tower = self._clock()
-            features = self.model.model.get_image_features(
+            vision = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
                 vision_feature_select_strategy=config.vision_feature_select_strategy,
-            ).pooler_output[0]  # [V, d]
+            )
+            features = vision.pooler_output[0]  # [V, d]
             t0 += self._clock() - t_tower - self.capture_s  # the tower and projector are not scoring
             cls_attn, keys = self.vision_capture or (None, None)
+            vision_hidden = None
+            if getattr(self.method, "needs_vision_hidden", False):  # the feature layer's patches, before the projector
+                vision_hidden = vision.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
+                vision_hidden = vision_hidden[1:] if config.vision_feature_select_strategy == "default" else vision_hidden
             generator = torch.Generator().manual_seed(self.sample_seed * 1000)
-            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator))
+            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator, vision_hidden, instruction))
             kept_image = sel.keep.to(input_ids.device)
             parts = [features[kept_image]]
             if sel.merged is not None and sel.merged.shape[0]:

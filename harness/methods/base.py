@@ -93,12 +93,17 @@ class PreLLMContext:
             (column 0 is CLS itself); None unless the method sets `needs_vision_attention`.
         keys: that layer's keys, `[Hv, V+1, dv_head]`; None unless `needs_vision_attention`.
         generator: a torch.Generator seeded for this sample.
+        vision_hidden: the vision feature layer's patch states before the projector, `[V, dv]`; None unless
+            the method sets `needs_vision_hidden`.
+        instruction: the user's text of this sample (before the chat template), when the caller gives it.
     """
 
     features: torch.Tensor
     cls_attn: torch.Tensor | None
     keys: torch.Tensor | None
     generator: torch.Generator
+    vision_hidden: torch.Tensor | None = None
+    instruction: str | None = None
 
 
 class PruningMethod(Protocol):
