@@ -73,7 +73,7 @@ def tiny_text_tower(vision_width: int, seed: int = 0) -> ClipTextTower:
     torch.manual_seed(seed)
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
-                            eos_token_id=2)  # 2: pool at the largest token id (CLIP's legacy rule), text-dependent
+                            bos_token_id=1, eos_token_id=2, pad_token_id=0)  # eos 2: pool at the largest id (CLIP legacy rule)
     text_model = CLIPTextModelWithProjection(config)
     post_layernorm = torch.nn.LayerNorm(vision_width)
     torch.nn.init.normal_(post_layernorm.weight, 1.0, 0.1)
@@ -97,7 +97,7 @@ def load_text_tower(location: str | None, vision_width: int | None, key: str = "
         tokenizer = AutoTokenizer.from_pretrained(location)
         text_model = CLIPTextModelWithProjection.from_pretrained(location)
         vision = CLIPVisionModelWithProjection.from_pretrained(location)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{key}={location!r} could not be loaded ({err}) (allowed: {ALLOWED})") from err
     if vision_width is not None and vision.config.hidden_size != vision_width:
         raise ValueError(f"{key}={location!r} belongs to a vision tower of width {vision.config.hidden_size}, "
