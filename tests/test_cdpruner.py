@@ -108,10 +108,11 @@ def test_loads_a_local_clip_checkpoint_and_checks_the_tower_width(tiny, tmp_path
     """A tiny random CLIPModel saved with save_pretrained (+ a tokenizer) loads through from_pretrained."""
     _, processor = tiny
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(processor.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, projection_dim=8),
-        vision_config=dict(hidden_size=24, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=28, patch_size=14, projection_dim=8),
+        text_config={"vocab_size": len(processor.tokenizer), "hidden_size": 16, "intermediate_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 77,
+                     "projection_dim": 8},
+        vision_config={"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14, "projection_dim": 8},
         projection_dim=8)
     CLIPModel(config).save_pretrained(tmp_path / "clip")
     processor.tokenizer.save_pretrained(tmp_path / "clip")

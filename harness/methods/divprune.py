@@ -89,7 +89,7 @@ class DivPrune:
     def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
         self.budget = check_budget(self.budget, num_image_tokens)
         if self.schedule_kind == "paper":
-            count = int(round(self.ratio * num_image_tokens))
+            count = round(self.ratio * num_image_tokens)
             if self.budget != count:
                 raise ValueError(
                     f"budget={self.budget} does not match {self.name} schedule=paper (ratio {self.ratio} of "
