@@ -30,6 +30,9 @@ from harness.runner import versions
 from harness.timing import Clock, FirstLogits, peak_memory, reset_peak_memory
 
 
+INSTRUCTION = "What colour is the object on the left? Answer with one word."  # for methods that read the text
+
+
 def fixed_prompt(model, question_tokens: int, prefix_tokens: int, seed: int = 0) -> dict:
     """input_ids `[1, prefix + 576 + question]` with one image block, and seeded pixel values."""
     config = model.config
@@ -60,7 +63,7 @@ def time_once(engine: PruningEngine, inputs: dict, new_tokens: int, clock: Clock
     first = FirstLogits(clock)
     engine.state = None
     start = clock.mark()
-    _, out = engine.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+    _, out = engine.generate(inputs, instruction=INSTRUCTION, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                              logits_processor=[first])
     end = clock.mark()
     e2e = clock.ms(start, end)

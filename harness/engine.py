@@ -84,6 +84,7 @@ class PrefillState:
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
     stage_rope: dict[int, tuple] = field(default_factory=dict)  # stage layer -> (cos, sin) [N, hd] it applied
     decode_rope: dict[int, tuple] = field(default_factory=dict)  # per decode step: cache length -> (ids, (cos, sin))
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H_kv, N, D] (methods with needs_keys)
     gathered: dict | None = None  # kwargs gathered for the current kept set (reused by later layers)
     pruned: bool = False
     decoding: bool = False
@@ -137,6 +138,7 @@ class PruningEngine:
         self.stage_entering = {s.enters: (i, s) for i, s in enumerate(self.stages)}
         query_rows = getattr(method, "query_rows", None)
         self.score_layers = {s.layer for s in self.stages if not s.before} if query_rows else set()
+        self.key_layers = {s.layer for s in self.stages if not s.before} if getattr(method, "needs_keys", False) else set()
         self.sample_seed = 0
         self.state: PrefillState | None = None
         self.vision_capture: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -247,7 +249,11 @@ class PruningEngine:
         """
         st = self.state
         layer_idx = module.layer_idx
-        if st is None or st.decoding or layer_idx not in self.score_layers or st.image_span[0] == st.image_span[1]:
+        if st is None or st.decoding or st.image_span[0] == st.image_span[1]:
+            return
+        if layer_idx in self.key_layers:
+            st.keys[layer_idx] = key[0]  # [H_kv, n, D] after RoPE: a reference, no copy
+        if layer_idx not in self.score_layers:
             return
         t0 = self._clock()
         n = query.shape[2]
@@ -313,6 +319,8 @@ class PruningEngine:
             input_embeds=st.input_embeds,
             generator=generator,
             rope=st.stage_rope.pop(stage.layer, None),
+            keys=st.keys.pop(stage.layer, None),
+            final_norm=self.model.model.language_model.norm,
         )
         sel: Selection = self.method.select(ctx)
         keep = sel.keep.to(hidden.device)
@@ -371,11 +379,12 @@ class PruningEngine:
         st.scoring_s += self._clock() - t0
 
     @torch.no_grad()
-    def generate(self, inputs: dict, **kwargs) -> tuple[torch.Tensor, dict]:
+    def generate(self, inputs: dict, instruction: str | None = None, **kwargs) -> tuple[torch.Tensor, dict]:
         """`model.generate` through the engine (greedy kwargs from the caller).
 
         In-LLM methods run on the full prompt with the hooks; a pre-LLM method gets its reduced image
-        block spliced into `inputs_embeds`. Returns (new token ids `[n_new]`, generate's output dict).
+        block spliced into `inputs_embeds`. `instruction`: the user's text (the question before the chat
+        template), for pre-LLM methods that read it. Returns (new token ids `[n_new]`, generate's output dict).
         """
         input_ids = inputs["input_ids"]
         if not self.pre_llm:
@@ -393,14 +402,19 @@ class PruningEngine:
             self.vision_capture, self.capture_s = None, 0.0
             config = self.model.config
             t_tower = self._clock()
-            features = self.model.model.get_image_features(
+            vision = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
                 vision_feature_select_strategy=config.vision_feature_select_strategy,
-            ).pooler_output[0]  # [V, d]
+            )
+            features = vision.pooler_output[0]  # [V, d]
             t0 += self._clock() - t_tower - self.capture_s  # the tower and projector are not scoring
             cls_attn, keys = self.vision_capture or (None, None)
+            vision_hidden = None
+            if getattr(self.method, "needs_vision_hidden", False):  # the feature layer's patches, before the projector
+                vision_hidden = vision.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
+                vision_hidden = vision_hidden[1:] if config.vision_feature_select_strategy == "default" else vision_hidden
             generator = torch.Generator().manual_seed(self.sample_seed * 1000)
-            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator))
+            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator, vision_hidden, instruction))
             kept_image = sel.keep.to(input_ids.device)
             parts = [features[kept_image]]
             if sel.merged is not None and sel.merged.shape[0]:

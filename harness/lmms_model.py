@@ -138,7 +138,7 @@ class PrunedLlava(lmms):
         stop = StoppingCriteriaList([StopOnStrings(self.processor.tokenizer, until)] if until else [])
         start = self.clock.mark()
         new_tokens, out = self.engine.generate(
-            inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            inputs, instruction=context, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
             logits_processor=LogitsProcessorList([first]), stopping_criteria=stop,
             pad_token_id=self.processor.tokenizer.pad_token_id,
         )

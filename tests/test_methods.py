@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from harness.budget import realized_budget, vision_per_layer
 from harness.engine import PruningEngine
 from harness.methods import METHOD_CONF, load_method, method_names
+from conftest import QUESTIONS
 
 METHODS = method_names()
 NO_BUDGET = {"vanilla", "blind"}  # they ignore the budget by definition
@@ -65,7 +66,7 @@ def test_engine_follows_the_schedule(tiny, prompts, name):
         engine = PruningEngine(model, method, record_kept=True)
         engine.sample_seed = 11
         with engine:
-            engine.generate(prompts[0], max_new_tokens=2, do_sample=False)
+            engine.generate(prompts[0], instruction=QUESTIONS[0], max_new_tokens=2, do_sample=False)
     counts = engine.state.vision_per_layer
     if engine.pre_llm:
         assert counts == [counts[0]] * L and abs(counts[0] - 192) <= 1

@@ -7,6 +7,7 @@ kept set of `keep` image tokens to layer `layer + 1` (METHODS.md, "Stages"). The
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -57,6 +58,9 @@ class StageContext:
         generator: a torch.Generator seeded for this sample and stage.
         rope: the RoPE `(cos, sin)` the stage layer applied to its queries and keys, `[N, hd]` each
             (one row per current token, at the positions that layer used); None for a pre-LLM method.
+        keys: the stage layer's keys after RoPE, `[H_kv, N, D]` (not expanded for GQA); None unless the
+            method sets `needs_keys`.
+        final_norm: the language model's final norm (maps `[..., d]` hidden states as before the LM head).
     """
 
     stage: Stage
@@ -67,6 +71,8 @@ class StageContext:
     input_embeds: torch.Tensor
     generator: torch.Generator
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    keys: torch.Tensor | None = None
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -92,12 +98,17 @@ class PreLLMContext:
             (column 0 is CLS itself); None unless the method sets `needs_vision_attention`.
         keys: that layer's keys, `[Hv, V+1, dv_head]`; None unless `needs_vision_attention`.
         generator: a torch.Generator seeded for this sample.
+        vision_hidden: the vision feature layer's patch states before the projector, `[V, dv]`; None unless
+            the method sets `needs_vision_hidden`.
+        instruction: the user's text of this sample (before the chat template), when the caller gives it.
     """
 
     features: torch.Tensor
     cls_attn: torch.Tensor | None
     keys: torch.Tensor | None
     generator: torch.Generator
+    vision_hidden: torch.Tensor | None = None
+    instruction: str | None = None
 
 
 class PruningMethod(Protocol):

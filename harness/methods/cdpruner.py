@@ -1,0 +1,123 @@
+"""CDPruner: a conditional determinantal point process over the image tokens, conditioned on the instruction.
+
+Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning in MLLMs",
+NeurIPS 2025 (code: Theia-4869/CDPruner, `llava/model/llava_arch.py` `encode_images`,
+`llava/model/multimodal_encoder/clip_encoder.py`, `llava/eval/model_vqa_loader.py`). Pre-LLM: every decoder
+layer sees the same B image tokens, spliced in original order at contiguous positions.
+
+With `x_i` the projected image features (what fills the image block), `z_i` the vision feature layer's patch
+states through CLIP's `post_layernorm` and `visual_projection`, and `t_m` the CLIP text embeddings of the
+instruction (cut into windows of 77 tokens, one embedding per window):
+
+    S[i, j] = cos(x_i, x_j)                                   similarity, fp32
+    r_i     = mean_m -cos(z_i, t_m)                           relevance (the official code negates it)
+    r_i     = (r_i - min r + 1e-6) / (max r - min r)          min-max normalised
+    L       = diag(r) S diag(r)                               conditional DPP kernel
+
+and B steps of the greedy MAP inference of Chen et al. (2018, "fast greedy MAP"): with `d_i^2 = L[i, i]`,
+pick `j = argmax d^2`, `e = (L[j] - c_{<t}[:, j]^T c_{<t}) / d_j`, append `e` to c, `d^2 -= e^2`, `d_j^2 = -inf`.
+The kept tokens are the B picks in original order. The instruction is the question without the suffix
+"\\nAnswer the question using a single word or phrase." (stripped as in the official `model_vqa_loader.py`).
+
+Published settings: B = 192 / 128 / 64 (`scripts/v1_5/eval/*.sh <B>`), which is `schedule: matched` here
+(a pre-LLM method's realized budget is B exactly); there is no other published knob.
+
+Differences from the official code:
+- the text tower, `post_layernorm` and `visual_projection` are CLIP's own (`method.text_encoder`); the official
+  code applies the LLaVA tower's `post_layernorm`, the same weights for LLaVA-1.5 (its tower is frozen CLIP);
+- everything is computed in fp32 (the official towers run in fp16, the kernel in fp32);
+- argmax ties go to the lower index (as torch.argmax); B = V keeps every token (nothing to prune).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.budget import check_budget
+from harness.methods.base import PreLLMContext, Selection, Stage
+from harness.text_encoder import ClipTextTower, load_text_tower
+
+ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."  # removed by the official loader
+
+
+def conditional_kernel(features: torch.Tensor, patch_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """CDPruner's kernel `diag(r) S diag(r)`, `[V, V]` (fp32).
+
+    Args:
+        features: `[V, d]` projected image features; patch_embeds: `[V, C]` in CLIP's space; text_embeds: `[M, C]`.
+    """
+    unit = features.float() / features.float().norm(dim=-1, keepdim=True)
+    similarity = unit @ unit.T  # [V, V]
+    image = patch_embeds.float() / patch_embeds.float().norm(dim=-1, keepdim=True)
+    text = text_embeds.float() / text_embeds.float().norm(dim=-1, keepdim=True)
+    relevance = (-(image @ text.T)).mean(-1)  # [V, M] -> [V]
+    relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+    return relevance[:, None] * similarity * relevance[None, :]
+
+
+def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
+    """Fast greedy MAP inference of a DPP (Chen et al. 2018): `[k]` picks in order.
+
+    Args:
+        kernel: `[V, V]` positive semi-definite kernel; k: picks (1 <= k <= V).
+    """
+    n = kernel.shape[0]
+    cis = torch.zeros(k, n, dtype=kernel.dtype, device=kernel.device)  # [k, V] Cholesky rows so far
+    di2s = torch.diagonal(kernel).clone()  # [V] marginal gains
+    picks = torch.empty(k, dtype=torch.long, device=kernel.device)
+    for i in range(k):
+        j = torch.argmax(di2s)
+        picks[i] = j
+        eis = (kernel[j] - cis[:i, j] @ cis[:i]) / torch.sqrt(di2s[j])  # [V]
+        cis[i] = eis
+        di2s -= eis.square()
+        di2s[j] = float("-inf")
+    return picks
+
+
+class CDPruner:
+    """CDPruner (NeurIPS 2025): conditional DPP (instruction relevance x feature similarity), before the LLM.
+
+    Args:
+        budget: image tokens the language model sees (all layers).
+        text_encoder: where the CLIP checkpoint of the vision tower lives (hub id or local directory), or
+            "tiny" (random, tests); loaded with `from_pretrained` when the engine is built.
+    """
+
+    name = "cdpruner"
+    pre_llm = True
+    needs_vision_attention = False
+    needs_vision_hidden = True
+
+    def __init__(self, budget: int, text_encoder: str | None = None):
+        self.budget = budget
+        self.text_encoder = text_encoder
+        self.tower: ClipTextTower | None = None
+
+    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+        self.budget = check_budget(self.budget, num_image_tokens)
+        if self.budget < num_image_tokens and self.tower is None:  # fail on a missing encoder before any sample
+            if not self.text_encoder:
+                load_text_tower(self.text_encoder, 0)  # raises, naming method.text_encoder and what is allowed
+            if self.text_encoder != "tiny":
+                self.tower = load_text_tower(self.text_encoder, None)
+        return []
+
+    def reduce(self, ctx: PreLLMContext) -> Selection:
+        features = ctx.features  # [V, d] projected
+        n_image = features.shape[0]
+        if self.budget >= n_image:
+            return Selection(keep=torch.arange(n_image, device=features.device))
+        if ctx.instruction is None:
+            raise ValueError(f"{self.name} conditions on the instruction: call engine.generate(inputs, instruction=...)")
+        width = ctx.vision_hidden.shape[-1]
+        if self.tower is None:
+            self.tower = load_text_tower(self.text_encoder, width)
+        if self.tower.vision_width != width:
+            raise ValueError(f"method.text_encoder={self.text_encoder!r} belongs to a vision tower of width "
+                             f"{self.tower.vision_width}, not this model's {width}")
+        self.tower.to(features.device)
+        instruction = ctx.instruction.replace(ANSWER_SUFFIX, "")
+        kernel = conditional_kernel(features, self.tower.embed_patches(ctx.vision_hidden),
+                                    self.tower.encode_text(instruction))
+        return Selection(keep=torch.sort(greedy_map(kernel, self.budget)).values)
