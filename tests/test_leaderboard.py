@@ -53,7 +53,7 @@ def write_run(run_dir: Path, method: str, budget: int, spec: dict, data: dict, f
     records = []
     for doc_id in range(10):
         records.append({"task": "gqa", "doc_id": doc_id, "target": "red",
-                        "response": "The red." if doc_id in spec["gqa"] else "blue"})
+                        "response": "Red." if doc_id in spec["gqa"] else "blue"})
     for doc_id, (_, _, answer) in enumerate(MME_ROWS):
         wrong = {"Yes": "No", "No": "Yes"}[answer]
         records.append({"task": "mme", "doc_id": doc_id, "target": answer,
@@ -238,7 +238,7 @@ def test_bootstrap_matches_an_independent_loop():
                 records[run][(split, doc_id)] = {"task": split, "doc_id": doc_id, "target": label, "response": pred}
     del records["m"][("pope_random", 3)]
     # MME: 6 images in 2 categories, 2 questions each
-    mme_meta = {i: {"question_id": f"{('existence', 'color')[i % 2]}/{i // 2}.jpg", "category": ("existence", "color")[i % 2]}
+    mme_meta = {i: {"question_id": f"{('existence', 'color')[i % 2]}/{i // 4}.jpg", "category": ("existence", "color")[i % 2]}
                 for i in range(12)}
     mme_records = {run: {("mme", i): {"task": "mme", "doc_id": i, "target": ("Yes", "No")[i % 2],
                                      "response": ("Yes", "No")[(i + (rng.random() < p)) % 2]}
@@ -284,7 +284,7 @@ def test_bootstrap_matches_an_independent_loop():
                 for j, i in enumerate(idx):  # a drawn image twice counts as two images: relabel it
                     for doc_id, m in mme_meta.items():
                         if m["question_id"] == stratum[i]:
-                            rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], question_id=f"{stratum[i]}#{j}")
+                            rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], image=f"{stratum[i]}#{j}")
                             resampled.append(rec)
             total[run] = utils.mme_aggregate_total(resampled)
         diffs.append(total["m"] - total["v"])
