@@ -86,3 +86,44 @@ def test_seedbench(tasks):
     assert metrics["seed_image"] == pytest.approx(200 / 3)
     assert metrics["seed_scene_understanding"] == 100.0 and metrics["seed_instances_counting"] == 50.0
     assert math.isnan(metrics["seed_text_understanding"])
+
+
+def test_every_task_end_to_end_through_the_leaderboard(tmp_path):
+    """run.py on the tiny random model over fixtures_all (limit 1), then the leaderboard on it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+    run_dir = tmp_path / "runs" / "fastv-64"
+    proc = subprocess.run([sys.executable, "run.py", "model=tiny_random", "tasks=fixtures_all", "method=fastv", "budget=64",
+                           "limit=1", "max_new_tokens=4", "logger=none", f"hydra.run.dir={run_dir}"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    expected = {"mmbench_en_dev": ("circular_accuracy", "mmbench_circular_exact"),
+                "mmbench_cn_dev": ("circular_accuracy", "mmbench_circular_exact"),
+                "scienceqa_img": ("accuracy", "llava_eval_science_qa"), "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"),
+                "textvqa_val_no_ocr": ("vqa_accuracy", "llava_m4c_textvqa"), "vqav2_val": ("vqa_accuracy", "vqa_eval_server"),
+                "vqav2_testdev": ("submitted", "vqa_eval_server"), "seedbench_img": ("seed_image", "llava_seed_exact")}
+    for task, (metric, scorer) in expected.items():
+        entry = results["tasks"][task]
+        assert (entry["n"], entry["n_failed"], entry["scorer"]) == (1, 0, scorer), task
+        assert metric in entry["metrics"], task
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert all(s["error"] is None and "pred" in s["scores"] for s in samples)
+
+    from harness import leaderboard
+    from harness.scoring.vqa import write_submission
+
+    assert leaderboard.main([str(tmp_path / "runs"), "--bootstrap", "0", "--out", str(tmp_path / "table.md")]) == 0
+    header = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| Method"))
+    for column in ("GQA", "MME P+C", "POPE F1", "MMB", "MMB-CN", "SQA-IMG", "TextVQA", "TextVQA no OCR", "VQAv2 val",
+                   "SEED-IMG", "Avg"):
+        assert f" {column} |" in header, column
+
+    (answer,) = json.loads(write_submission(run_dir).read_text())  # the server's format
+    assert answer["question_id"] == 262148007 and isinstance(answer["answer"], str)
