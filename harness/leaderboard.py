@@ -6,12 +6,15 @@
 
 One row per (method, budget); vanilla first, then budget descending and method name, blind last.
 Columns: each benchmark's headline score (with the paired bootstrap 95% CI of its difference to
-vanilla), Avg (relative average vs vanilla, METHODS.md), accuracy on the "difficult" samples, the
-realized image tokens, prefill latency and speedup vs vanilla, and the FLOPs reduction.
+vanilla), Avg (mean over the benchmarks present of score / vanilla score x 100), accuracy on the
+"difficult" samples, the realized image tokens, prefill latency and speedup vs vanilla, and the
+FLOPs reduction. A LLaVA-1.5-7B vanilla run is printed beside the published numbers (PUBLISHED),
+with a warning for a gap over 1.5 points.
 
-Per-sample scoring reuses the tasks' own `process_results` functions (tasks/utils.py,
-tasks/shapes_utils.py, loaded by file path as lmms-eval does), so a resampled score is computed
-exactly like the reported one.
+Per-sample scores are the score fields each sample got when it was evaluated (samples.jsonl
+`scores`, from harness.scoring, the same functions behind the reported metrics), so a resampled
+score is computed exactly like the reported one. Older samples without them are scored again by
+their task's `process_results` (tasks/utils.py, tasks/shapes_utils.py, loaded by file path).
 """
 
 from __future__ import annotations

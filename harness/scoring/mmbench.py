@@ -3,8 +3,9 @@
 Prompt (LLaVA's `llava/eval/model_vqa_mmbench.py`): `<hint>\\n<question>\\nA. <option A>\\n...`
 then "Answer with the option's letter from the given choices directly." (CN: "请直接回答选项字母。").
 
-CircularEval: the hub data (lmms-lab/MMBench) holds every question once per rotation of its
-options; a copy's `index` is the original's plus k * 1,000,000. A question counts as right only
+CircularEval: the official dev TSV, mirrored by lmms-lab/MMBench (about 4,330 rows for 1,164
+questions), holds every question once per rotation of its options; a copy's `index` is the
+original's plus k * 1,000,000. A question counts as right only
 when every one of its copies is answered right; single-pass accuracy uses the originals only.
 
 Answer extraction follows the official tool's exact-matching step: with the characters
