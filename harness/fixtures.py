@@ -1,4 +1,4 @@
-"""Tiny GQA / MME / POPE datasets in the hub schemas, for tests without network.
+"""Tiny datasets in the hub schemas of every real benchmark, for tests without network.
 
     python -m harness.fixtures <out_dir>
 
@@ -9,12 +9,18 @@ Writes three directories that `harness.tasks.load_tasks` accepts as local data l
     <out_dir>/gqa/testdev_balanced_images/      DatasetDict {testdev}: lmms-lab/GQA testdev_balanced_images
     <out_dir>/mme/                              DatasetDict {test}: lmms-lab/MME
     <out_dir>/pope/                             DatasetDict {adversarial, popular, random}: lmms-lab/POPE, config Full
+    <out_dir>/mmbench_en/, mmbench_cn/          DatasetDict {dev}: lmms-lab/MMBench, configs en / cn
+    <out_dir>/scienceqa/                        DatasetDict {test}: lmms-lab/ScienceQA, config ScienceQA-IMG
+    <out_dir>/textvqa/                          DatasetDict {validation}: lmms-lab/textvqa
+    <out_dir>/vqav2/                            DatasetDict {validation, testdev}: lmms-lab/VQAv2
+    <out_dir>/seedbench/                        DatasetDict {test}: lmms-lab/SEED-Bench (image and video rows)
 
 Column names and feature types follow the hub datasets. The columns that tasks/utils.py reads
 (GQA id/imageId/question/answer + images id/image; all MME and POPE columns) are exact; GQA's
 annotation columns (isBalanced, groups, equivalent, types, annotations, semantic, semanticStr)
 carry plausible values, with nested types read off the GQA question JSON, not checked against
-the hub (no network here). Images are deterministic 336x336 drawings.
+the hub (no network here). The newer benchmarks' columns are those lmms-eval 0.7.3's task utils
+and LLaVA's scripts read, with the hub's feature types. Images are deterministic 336x336 drawings.
 """
 
 import sys
@@ -183,7 +189,142 @@ def pope_rows(split: str) -> list[dict]:
     return [{"id": str(i), "question_id": str(i + 1), "category": split, **row} for i, row in enumerate(rows)]
 
 
+# ---------------------------------------------------------------- MMBench (lmms-lab/MMBench, en / cn, split dev)
+
+MMBENCH_FEATURES = Features({
+    "index": Value("int64"), "question": Value("string"), "hint": Value("string"),
+    "A": Value("string"), "B": Value("string"), "C": Value("string"), "D": Value("string"),
+    "answer": Value("string"), "category": Value("string"), "image": Image(), "source": Value("string"),
+    "L2-category": Value("string"), "comment": Value("string"), "split": Value("string"),
+})
+# (question, hint, options, right option, shape, colour); every question appears once per rotation.
+MMBENCH_QUESTIONS = {
+    "en": [("What shape is shown?", None, ["circle", "square", "triangle", "star"], "circle", "circle", "red"),
+           ("What colour is the object?", "The picture shows one object.", ["blue", "green"], "blue", "square", "blue")],
+    "cn": [("图中是什么形状？", None, ["圆形", "正方形", "三角形", "星形"], "圆形", "circle", "red"),
+           ("物体是什么颜色？", "图中有一个物体。", ["蓝色", "绿色"], "蓝色", "square", "blue")],
+}
+
+
+def mmbench_rows(lang: str) -> list[dict]:
+    """Each question once per rotation of its options; copy k has index = original + k * 1e6."""
+    rows = []
+    for number, (question, hint, options, right, shape, color) in enumerate(MMBENCH_QUESTIONS[lang]):
+        image = draw(shape, color)
+        for k in range(len(options)):
+            rotated = options[k:] + options[:k]
+            letters = dict(zip("ABCD", rotated))
+            rows.append({
+                "index": number + k * 1_000_000, "question": question, "hint": hint,
+                **{letter: letters.get(letter) for letter in "ABCD"},
+                "answer": "ABCD"[rotated.index(right)], "category": "attribute_recognition", "image": image,
+                "source": "fixture", "L2-category": "finegrained_perception (instance-level)", "comment": None,
+                "split": "dev",
+            })
+    return rows
+
+
+# ---------------------------------------------------------------- ScienceQA (lmms-lab/ScienceQA, ScienceQA-IMG, test)
+
+SCIENCEQA_FEATURES = Features({
+    "image": Image(), "question": Value("string"), "choices": Sequence(Value("string")), "answer": Value("int8"),
+    "hint": Value("string"), "task": Value("string"), "grade": Value("string"), "subject": Value("string"),
+    "topic": Value("string"), "category": Value("string"), "skill": Value("string"), "lecture": Value("string"),
+    "solution": Value("string"),
+})
+
+
+def scienceqa_rows() -> list[dict]:
+    """Three questions with 2-4 choices, with and without a hint."""
+    specs = [("Which shape is in the picture?", "", ["square", "circle"], 1, "circle", "green"),
+             ("Which colour is the object?", "Look at the picture.", ["red", "yellow", "blue"], 2, "triangle", "blue"),
+             ("How many objects are there?", "", ["zero", "one", "two", "three"], 1, "square", "red")]
+    return [{"image": draw(shape, color), "question": q, "choices": c, "answer": a, "hint": h,
+             "task": "closed choice", "grade": "grade2", "subject": "natural science", "topic": "shapes",
+             "category": "Shapes", "skill": "Identify shapes", "lecture": "", "solution": ""}
+            for q, h, c, a, shape, color in specs]
+
+
+# ---------------------------------------------------------------- TextVQA (lmms-lab/textvqa, validation)
+
+TEXTVQA_FEATURES = Features({
+    "image_id": Value("string"), "question_id": Value("int32"), "question": Value("string"),
+    "question_tokens": Sequence(Value("string")), "image": Image(), "image_width": Value("int32"),
+    "image_height": Value("int32"), "flickr_original_url": Value("string"), "flickr_300k_url": Value("string"),
+    "answers": Sequence(Value("string")), "image_classes": Sequence(Value("string")), "set_name": Value("string"),
+    "ocr_tokens": Sequence(Value("string")),
+})
+
+
+def textvqa_rows() -> list[dict]:
+    """Three questions, 10 human answers each (disagreeing on purpose), OCR tokens on two."""
+    specs = [("what colour is the shape?", ["red"] * 7 + ["dark red"] * 3, ["red", "sale"], "circle", "red"),
+             ("how many sides does it have?", ["4"] * 6 + ["four"] * 2 + ["square", "4 sides"], [], "square", "blue"),
+             ("what word is written?", ["stop"] * 10, ["stop"], "triangle", "yellow")]
+    return [{"image_id": f"{n:016x}", "question_id": 34602 + n, "question": q, "question_tokens": q.rstrip("?").split(),
+             "image": draw(shape, color), "image_width": SIZE, "image_height": SIZE, "flickr_original_url": "",
+             "flickr_300k_url": "", "answers": answers, "image_classes": ["Shape"], "set_name": "val", "ocr_tokens": ocr}
+            for n, (q, answers, ocr, shape, color) in enumerate(specs)]
+
+
+# ---------------------------------------------------------------- VQAv2 (lmms-lab/VQAv2, validation / testdev)
+
+VQAV2_FEATURES = Features({
+    "question_type": Value("string"), "multiple_choice_answer": Value("string"),
+    "answers": [{"answer": Value("string"), "answer_confidence": Value("string"), "answer_id": Value("int64")}],
+    "image_id": Value("int64"), "answer_type": Value("string"), "question_id": Value("int64"),
+    "question": Value("string"), "image": Image(),
+})
+
+
+def vqav2_rows(split: str) -> list[dict]:
+    """validation: three questions with 10 answers; testdev: two questions without answers."""
+    specs = [("How many circles are there?", ["1"] * 8 + ["one", "2"], "number", "circle", "red"),
+             ("What color is the square?", ["blue"] * 10, "other", "square", "blue"),
+             ("Is this a triangle?", ["yes"] * 9 + ["no"], "yes/no", "triangle", "green")]
+    rows = []
+    for n, (question, answers, kind, shape, color) in enumerate(specs[: 3 if split == "validation" else 2]):
+        labelled = split == "validation"
+        rows.append({
+            "question_type": question.split()[0].lower() if labelled else None,
+            "multiple_choice_answer": max(set(answers), key=answers.count) if labelled else None,
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]
+            if labelled else None,
+            "image_id": 262148 + n, "answer_type": kind if labelled else None,
+            "question_id": (262148 + n) * 1000 + (0 if labelled else 7), "question": question, "image": draw(shape, color),
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- SEED-Bench (lmms-lab/SEED-Bench, test)
+
+SEEDBENCH_FEATURES = Features({
+    "answer": Value("string"), "choice_a": Value("string"), "choice_b": Value("string"),
+    "choice_c": Value("string"), "choice_d": Value("string"), "data_id": Value("string"),
+    "data_type": Value("string"), "question": Value("string"), "question_id": Value("string"),
+    "question_type_id": Value("int16"), "image": Sequence(Image()), "segment": Sequence(Value("int64")),
+})
+
+
+def seedbench_rows() -> list[dict]:
+    """Three image questions (scene understanding, instances counting x2) and one video question."""
+    specs = [("image", 1, "What is the main object?", ["a circle", "a car", "a tree", "a dog"], "A", "circle", "red"),
+             ("image", 5, "How many objects are there?", ["3", "2", "1", "0"], "C", "square", "blue"),
+             ("image", 5, "How many squares are there?", ["0", "1", "2", "3"], "B", "square", "green"),
+             ("video", 10, "What happens next?", ["it rolls", "it stops", "it jumps", "it falls"], "B", "circle", "yellow")]
+    rows = []
+    for n, (kind, qtype, question, choices, answer, shape, color) in enumerate(specs):
+        frames = [draw(shape, color)] * (1 if kind == "image" else 2)
+        rows.append({"answer": answer, **{f"choice_{l}": c for l, c in zip("abcd", choices)},
+                     "data_id": f"{n}.jpg", "data_type": kind, "question": question, "question_id": str(101669 + n),
+                     "question_type_id": qtype, "image": frames, "segment": None if kind == "image" else [0, 1]})
+    return rows
+
+
 # ---------------------------------------------------------------- writing
+
+FIXTURES = ("gqa", "mme", "pope", "mmbench_en", "mmbench_cn", "scienceqa", "textvqa", "vqav2", "seedbench")
+
 
 def to_dataset(rows: list[dict], features: Features) -> Dataset:
     """Rows as a Dataset with the hub's column order."""
@@ -197,18 +338,26 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
         out_dir: Directory to write into (created if missing).
 
     Returns:
-        {"gqa": dir, "mme": dir, "pope": dir}: the data locations to give `harness.tasks.load_tasks`.
+        {name: dir} for every name in FIXTURES: the data locations to give `harness.tasks.load_tasks`
+        (keys are task names or prefixes: "pope" covers pope_random, "mmbench_en" mmbench_en_dev).
     """
     out = Path(out_dir)
-    done = out / "fixtures.done"
+    done = out / "fixtures-2.done"  # the number changes when the fixtures do
     if not done.exists():  # written once; a crash midway leaves no marker, so the next call rewrites
         questions, images = gqa_rows()
         DatasetDict({"testdev": to_dataset(questions, GQA_INSTRUCTION_FEATURES)}).save_to_disk(out / "gqa")
         DatasetDict({"testdev": to_dataset(images, GQA_IMAGE_FEATURES)}).save_to_disk(out / "gqa" / GQA_IMAGES_DIR)
         DatasetDict({"test": to_dataset(mme_rows(), MME_FEATURES)}).save_to_disk(out / "mme")
         DatasetDict({s: to_dataset(pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}).save_to_disk(out / "pope")
+        for lang in MMBENCH_QUESTIONS:
+            DatasetDict({"dev": to_dataset(mmbench_rows(lang), MMBENCH_FEATURES)}).save_to_disk(out / f"mmbench_{lang}")
+        DatasetDict({"test": to_dataset(scienceqa_rows(), SCIENCEQA_FEATURES)}).save_to_disk(out / "scienceqa")
+        DatasetDict({"validation": to_dataset(textvqa_rows(), TEXTVQA_FEATURES)}).save_to_disk(out / "textvqa")
+        DatasetDict({s: to_dataset(vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}).save_to_disk(
+            out / "vqav2")
+        DatasetDict({"test": to_dataset(seedbench_rows(), SEEDBENCH_FEATURES)}).save_to_disk(out / "seedbench")
         done.write_text("ok\n")
-    return {"gqa": out / "gqa", "mme": out / "mme", "pope": out / "pope"}
+    return {name: out / name for name in FIXTURES}
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@
 
 One row per (method, budget); vanilla first, then budget descending and method name, blind last.
 Columns: each benchmark's headline score (with the paired bootstrap 95% CI of its difference to
-vanilla), Avg (relative average vs vanilla, METHODS.md), accuracy on the "difficult" samples, the
-realized image tokens, prefill latency and speedup vs vanilla, and the FLOPs reduction.
+vanilla), Avg (mean over the benchmarks present of score / vanilla score x 100), accuracy on the
+"difficult" samples, the realized image tokens, prefill latency and speedup vs vanilla, and the
+FLOPs reduction. A LLaVA-1.5-7B vanilla run is printed beside the published numbers (PUBLISHED),
+with a warning for a gap over 1.5 points.
 
-Per-sample scoring reuses the tasks' own `process_results` functions (tasks/utils.py,
-tasks/shapes_utils.py, loaded by file path as lmms-eval does), so a resampled score is computed
-exactly like the reported one.
+Per-sample scores are the score fields each sample got when it was evaluated (samples.jsonl
+`scores`, from harness.scoring, the same functions behind the reported metrics), so a resampled
+score is computed exactly like the reported one. Older samples without them are scored again by
+their task's `process_results` (tasks/utils.py, tasks/shapes_utils.py, loaded by file path).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 import yaml
 
 from harness.results import load_records
+from harness.scoring.mme import QUESTIONS_PER_IMAGE as MME_QUESTIONS_PER_IMAGE
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 REFERENCE = "vanilla"  # Avg, speedup and the CIs are relative to this method's run
@@ -51,8 +55,10 @@ class Benchmark:
         tasks: Its lmms-eval tasks; several are splits and the score is the mean of `metric` over
             those present (POPE: mean F1 of the three splits).
         metric: The headline metric in results.json `tasks.<task>.metrics`.
-        kind: How a score is recomputed from per-sample records: "accuracy" (mean of correct),
-            "f1" (POPE F1, "yes" positive) or "mme" (sum over categories of acc + acc+, acc+ per image).
+        kind: How a score is recomputed from the per-sample score fields: "accuracy" (mean of
+            `score`, 0..1 per sample: exact match, VQA accuracy), "f1" (POPE F1, "yes" positive),
+            "mme" (sum over categories of acc + acc+, acc+ per image) or "circular" (MMBench
+            CircularEval: % of question groups with every rotation right).
     """
 
     name: str
@@ -66,9 +72,53 @@ BENCHMARKS = (
     Benchmark("GQA",              ("gqa",),                                                                "exact_match", "accuracy"),
     Benchmark("MME P+C",          ("mme",),                                                                "mme_total",   "mme"),
     Benchmark("POPE F1",          ("pope_adversarial", "pope_popular", "pope_random"),                     "pope_f1",     "f1"),
+    Benchmark("MMB",              ("mmbench_en_dev",),                                                     "circular_accuracy", "circular"),
+    Benchmark("MMB-CN",           ("mmbench_cn_dev",),                                                     "circular_accuracy", "circular"),
+    Benchmark("SQA-IMG",          ("scienceqa_img",),                                                      "accuracy",    "accuracy"),
+    Benchmark("TextVQA",          ("textvqa_val",),                                                        "vqa_accuracy", "accuracy"),
+    Benchmark("TextVQA no OCR",   ("textvqa_val_no_ocr",),                                                 "vqa_accuracy", "accuracy"),
+    Benchmark("VQAv2 val",        ("vqav2_val",),                                                          "vqa_accuracy", "accuracy"),
+    Benchmark("SEED-IMG",         ("seedbench_img",),                                                      "seed_image",  "accuracy"),
     Benchmark("shapes GQA",       ("shapes_gqa",),                                                         "exact_match", "accuracy"),
     Benchmark("shapes MME",       ("shapes_mme",),                                                         "total",       "mme"),
     Benchmark("shapes POPE F1",   ("shapes_pope_random", "shapes_pope_popular", "shapes_pope_adversarial"), "f1",         "f1"),
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published vanilla LLaVA-1.5-7B score, compared with a run's own vanilla row.
+
+    Attributes:
+        bench: Leaderboard column it belongs to.
+        task, metric: Where the run's number is in results.json.
+        value: The published number.
+        scale: Full scale of the metric (MME perception: 2000); differences are compared in points
+            of 100 (1.5 points of MME P = 30).
+        source: Where it is published.
+    """
+
+    bench: str
+    task: str
+    metric: str
+    value: float
+    source: str
+    scale: float = 100.0
+
+
+PUBLISHED_MODEL = "llava_1_5_7b"  # conf/model/llava_1_5_7b.yaml; only its vanilla row is compared
+PUBLISHED_TOLERANCE = 1.5         # points (of 100); a larger gap is warned about
+_ZOO = "LLaVA model zoo (haotian-liu/LLaVA docs/MODEL_ZOO.md, LLaVA-1.5 7B full_ft-1e)"
+PUBLISHED = (
+    Published("GQA", "gqa", "exact_match", 62.0, _ZOO),
+    Published("MMB", "mmbench_en_dev", "circular_accuracy", 64.3, _ZOO),
+    Published("MMB-CN", "mmbench_cn_dev", "circular_accuracy", 58.3, _ZOO),
+    Published("MME P+C", "mme", "mme_perception", 1510.7, _ZOO + ", MME perception", scale=2000.0),
+    Published("POPE F1", "pope", "pope_f1", 85.9, _ZOO),
+    Published("SQA-IMG", "scienceqa_img", "accuracy", 66.8, _ZOO),
+    Published("TextVQA", "textvqa_val", "vqa_accuracy", 58.2, _ZOO + ", with OCR tokens"),
+    Published("VQAv2 val", "vqav2_val", "vqa_accuracy", 78.5, _ZOO + ", test-dev (server-scored; val here)"),
+    Published("SEED-IMG", "seedbench_img", "seed_image", 66.1, "LLaVA-1.5 paper (Liu et al., CVPR 2024), SEED image"),
 )
 
 
@@ -186,14 +236,37 @@ def task_function(task: str, key: str):
     return getattr(task_module(module), function)
 
 
-def score_sample(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
-    """One sample scored by its task's `process_results`.
+def score_unit(bench: Benchmark, fields: dict) -> dict:
+    """A sample's score fields (samples.jsonl `scores`) as the bootstrap's unit.
 
     Returns:
-        {"correct": bool} and, by kind, "pred_yes"/"label_yes" (f1) or "image"/"category" (mme).
+        {"correct": bool, "score": 0..1} and, by kind, "pred_yes"/"label_yes" (f1),
+        "image"/"category" (mme) or "group" (circular).
     """
+    value = float(fields["score"])
+    out = {"correct": value == 1.0, "score": value}
+    if bench.kind == "f1":
+        out.update(pred_yes=fields["pred"] == "yes", label_yes=fields["label"] == "yes")
+    elif bench.kind == "mme":
+        out.update(image=str(fields["image"]), category=fields["category"])
+    elif bench.kind == "circular":
+        out.update(group=fields["group"])
+    return out
+
+
+def score_sample(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
+    """One sample: its stored score fields, or (older samples.jsonl without them) scored again by
+    its task's `process_results` from the target and response (GQA, MME, POPE only).
+
+    Returns:
+        `score_unit(bench, fields)`.
+    """
+    if record.get("scores"):
+        return score_unit(bench, record["scores"])
     doc = {"answer": record["target"], "id": str(record["doc_id"]), "question_id": str(record["doc_id"]), **(meta or {})}
     value = task_function(record["task"], "process_results")(doc, [record.get("response") or ""])[bench.metric]
+    if isinstance(value, dict) and "score" in value and ("pred" in value or "image" in value):
+        return score_unit(bench, value)
     if bench.kind == "f1":
         pred, label = value.get("pred", value.get("prediction")), value.get("label", value.get("target"))
         return {"correct": pred == label, "pred_yes": pred == "yes", "label_yes": label == "yes"}
@@ -214,7 +287,7 @@ def scored_samples(run: Run, bench: Benchmark, notes: Notes) -> dict[tuple[str, 
     try:
         for (task, doc_id), record in sorted(mine.items()):
             meta = None
-            if bench.kind == "mme":
+            if bench.kind == "mme" and not record.get("scores"):
                 meta = _record_meta(record)
                 if meta is None:
                     if task not in metas:
@@ -300,6 +373,12 @@ def layout(bench: Benchmark, scored: dict, keys: set) -> list[Stratum]:
         mine = sorted(k for k in keys if k[0] == task)
         if not mine:
             continue
+        if bench.kind == "circular":  # a unit = every rotation of one question
+            groups: dict = defaultdict(list)
+            for key in mine:
+                groups[scored[key]["group"]].append(key)
+            strata.append(Stratum(task, [groups[g] for g in sorted(groups)]))
+            continue
         if bench.kind != "mme":
             strata.append(Stratum(task, [[k] for k in mine]))
             continue
@@ -321,9 +400,10 @@ def replicate_scores(bench: Benchmark, strata: list[Stratum], scored: dict, repl
     for stratum in strata:
         units = [[scored[k] for k in unit] for unit in stratum.units]
         arrays.append({
-            "correct": np.array([sum(s["correct"] for s in unit) for unit in units], dtype=np.float64),
+            "correct": np.array([sum(s.get("score", s["correct"]) for s in unit) for unit in units], dtype=np.float64),
             "questions": np.array([len(unit) for unit in units], dtype=np.float64),
             "all_correct": np.array([all(s["correct"] for s in unit) for unit in units], dtype=np.float64),
+            "whole": np.array([len(unit) == MME_QUESTIONS_PER_IMAGE for unit in units], dtype=np.float64),
             "tp": np.array([sum(s.get("pred_yes", False) and s.get("label_yes", False) for s in u) for u in units], dtype=np.float64),
             "fp": np.array([sum(s.get("pred_yes", False) and not s.get("label_yes", False) for s in u) for u in units], dtype=np.float64),
             "fn": np.array([sum(not s.get("pred_yes", False) and s.get("label_yes", False) for s in u) for u in units], dtype=np.float64),
@@ -338,10 +418,14 @@ def replicate_scores(bench: Benchmark, strata: list[Stratum], scored: dict, repl
                 tp, fp, fn = c @ a["tp"], c @ a["fp"], c @ a["fn"]
                 denominator = 2 * tp + fp + fn
                 value = np.where(denominator > 0, 200.0 * tp / np.maximum(denominator, 1e-300), 0.0)
+            elif bench.kind == "circular":  # % of questions with every rotation right
+                value = 100.0 * (c @ a["all_correct"]) / c.sum(1)
             elif bench.kind == "mme":  # category score = acc (questions) + acc+ (images all correct)
-                value = 100.0 * (c @ a["correct"]) / (c @ a["questions"]) + 100.0 * (c @ a["all_correct"]) / c.sum(1)
+                whole = c @ a["whole"]  # acc+ over images with both questions evaluated, as harness.scoring.mme
+                acc_plus = np.where(whole > 0, 100.0 * (c @ (a["all_correct"] * a["whole"])) / np.maximum(whole, 1), 0.0)
+                value = 100.0 * (c @ a["correct"]) / (c @ a["questions"]) + acc_plus
             else:
-                raise ValueError(f"benchmark kind {bench.kind!r} is unknown (allowed: accuracy, f1, mme)")
+                raise ValueError(f"benchmark kind {bench.kind!r} is unknown (allowed: accuracy, f1, mme, circular)")
             per_task[stratum.task].append(value)
         totals = [np.sum(values, axis=0) if bench.kind == "mme" else values[0] for values in per_task.values()]
         return np.mean(totals, axis=0)  # splits: mean over the tasks present
@@ -403,6 +487,7 @@ class Table:
     rows: list[Row]
     subset: str | None
     not_significant: list[str] = field(default_factory=list)  # "budget 64, GQA: fastv ~ random"
+    published: list[str] = field(default_factory=list)        # vanilla vs the published LLaVA-1.5-7B numbers
 
     @property
     def title(self) -> str:
@@ -482,9 +567,29 @@ def build_table(model: str, suite: tuple[str, ...], runs: list[Run], subset: str
             row.speedup = prefill / mine if prefill and mine else None
 
     table = Table(model, suite, benchmarks, rows, subset)
+    table.published = published_comparison(model, vanilla, notes, where)
     if bootstrap.replicates > 0:
         table.not_significant = not_significant_pairs(runs, benchmarks, scored, bootstrap)
     return table
+
+
+def published_comparison(model: str, vanilla: Run | None, notes: Notes, where: str) -> list[str]:
+    """Lines "GQA: 61.2 vs published 62.0 (−0.8 points; source)" for a LLaVA-1.5-7B vanilla run; a gap
+    over PUBLISHED_TOLERANCE points (of 100) also goes to the notes as a warning."""
+    if model != PUBLISHED_MODEL or vanilla is None:
+        return []
+    lines = []
+    for ref in PUBLISHED:
+        measured = vanilla.get("tasks", ref.task, "metrics", ref.metric)
+        if measured is None:
+            continue
+        gap = (measured - ref.value) * 100.0 / ref.scale
+        label = ref.bench if ref.metric != "mme_perception" else "MME P"
+        lines.append(f"{label}: {measured:.1f} vs published {ref.value:.1f} ({gap:+.1f} points; {ref.source})")
+        if abs(gap) > PUBLISHED_TOLERANCE:
+            notes.add(f"warning: {where}: vanilla {label} {measured:.1f} differs from the published {ref.value:.1f} by "
+                      f"{gap:+.1f} points (more than {PUBLISHED_TOLERANCE}); check the prompt, split, OCR tokens and scorer")
+    return lines
 
 
 def difficult_subsets(runs, vanilla, benchmarks, scored, notes, where, reference=DIFFICULT_REFERENCE) -> dict[int, set]:
@@ -610,9 +715,13 @@ def _legend(table: Table, replicates: int) -> list[str]:
         if replicates > 0 and any(ci for row in table.rows for ci in row.ci.values()):
             lines.append(f"Score (paired difference to {REFERENCE} [{CI_LEVEL:.0f}% CI], paired bootstrap over samples, "
                          f"B={replicates}).")
-        lines.append(f"Avg: mean over benchmarks of score / {REFERENCE} score × 100. Difficult: accuracy on the samples "
+        lines.append(f"Avg: mean over the benchmarks present ({', '.join(b.name for b in table.benchmarks)}) of score / "
+                     f"{REFERENCE} score × 100. Difficult: accuracy on the samples "
                      f"{REFERENCE} answers correctly and {DIFFICULT_REFERENCE} at the same budget does not (n = their "
                      "number). Tokens: realized mean image tokens per layer.")
+    if table.published:
+        lines.append(f"{REFERENCE} vs the published LLaVA-1.5-7B numbers (a gap over {PUBLISHED_TOLERANCE} points is warned about):")
+        lines += [f"- {line}" for line in table.published]
     if table.not_significant:
         lines.append("Not significantly different (the CI of the paired difference contains 0):")
         lines += [f"- {pair}" for pair in table.not_significant]

@@ -18,6 +18,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from harness.budget import prefill_flops
 from harness.engine import PruningEngine
 from harness.results import SampleLog
+from harness.scoring import scorer_for
 from harness.timing import Clock, FirstLogits
 
 
@@ -106,6 +107,9 @@ class PrunedLlava(lmms):
             record.update({k: doc[k] for k in ("question_id", "category") if k in doc})  # MME pairs, categories
             record.update(self._generate(context, gen_kwargs, doc_to_visual(doc), task, doc_id))
             record.update(self._engine_record(doc))
+            scorer = scorer_for(task)
+            if scorer is not None:  # the sample's score fields, as the task's aggregation will read them
+                record["scores"] = scorer.score(doc, record["response"])
         except Exception as exc:  # a bad sample must not stop the run
             record["error"] = f"{type(exc).__name__}: {exc}"
         record["warmup"] = self.n_run < self.warmup

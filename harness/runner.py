@@ -22,6 +22,7 @@ import harness
 from harness.budget import paper_budget
 from harness.engine import PruningEngine
 from harness.results import SCHEMA, SampleLog, write_json_atomic
+from harness.scoring import scorer_for
 from harness.timing import peak_memory, stats
 
 IDENTITY_KEYS = ("method", "budget", "model", "seed", "tasks")  # a run dir belongs to one of each
@@ -132,6 +133,9 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         members = out.get("group_subtasks", {}).get(task) or [task]  # a group counts its subtasks' samples
         mine = [r for r in records if r["task"] in members]
         tasks[task] = {"metrics": metrics, "n": len(mine), "n_failed": sum(r["error"] is not None for r in mine)}
+        scorers = sorted({s.name for s in map(scorer_for, members) if s is not None})
+        if scorers:  # the scoring rule(s) behind the metrics (harness.scoring)
+            tasks[task]["scorer"] = scorers[0] if len(scorers) == 1 else scorers
 
     num_layers, num_images = engine.num_layers, engine.num_image_tokens
     per_layer = np.mean([r["vision_per_layer"] for r in ok], axis=0).tolist() if ok else []

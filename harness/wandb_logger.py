@@ -10,8 +10,8 @@ results. Without WANDB_API_KEY (and no explicit `logger.mode`) the run is writte
 
 What a W&B run holds: name `<method>-<budget>`, group = the sweep (the multirun sweep dir's name,
 else the run dir's parent), config = the resolved Hydra config, summary = the flattened results.json
-numbers (`tasks/<task>/<metric>`, `tokens/...`, `latency_ms/...`, `flops/...`, `memory/...`), a
-table of per-sample records, and results.json + samples.jsonl as an artifact. The API key is read
+numbers (`tasks/<task>/<metric>`, `tasks/<task>/scorer`, `tokens/...`, `latency_ms/...`, `flops/...`, `memory/...`), a
+table of per-sample records (with their score and parsed prediction), and results.json + samples.jsonl as an artifact. The API key is read
 by wandb from the environment only; it is never put in the config, the summary or a print.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 SAMPLE_COLUMNS = ("task", "doc_id", "target", "response", "error", "prefill_ms", "n_new_tokens")
+SCORE_COLUMNS = ("score", "pred")  # from each sample's score fields (samples.jsonl `scores`, harness.scoring)
 SUMMARY_SECTIONS = ("tasks", "tokens", "latency_ms", "flops", "memory", "evidence_recall")
 INIT_TIMEOUT_S = 60  # an unreachable server must not hold a finished run for long
 
@@ -89,8 +90,9 @@ class WandbLogger:
         try:
             run.summary.update(_scrub(summary(results)))
             if self.log_samples and records:
-                rows = [[_cell(r.get(c)) for c in SAMPLE_COLUMNS] for r in records if r is not None]
-                run.log({"samples": wandb.Table(columns=list(SAMPLE_COLUMNS), data=rows)})
+                rows = [[_cell(r.get(c)) for c in SAMPLE_COLUMNS] + [_cell((r.get("scores") or {}).get(c)) for c in SCORE_COLUMNS]
+                        for r in records if r is not None]
+                run.log({"samples": wandb.Table(columns=list(SAMPLE_COLUMNS + SCORE_COLUMNS), data=rows)})
             artifact = wandb.Artifact(_artifact_name(f"results-{name}"), type="results",
                                       metadata={"run_dir": str(run_dir)})
             for file in ("results.json", "samples.jsonl"):

@@ -1,21 +1,22 @@
-"""Prompts, answer parsers and metrics for the GQA, MME and POPE tasks (lmms-eval 0.7.3 hooks).
+"""Prompts and lmms-eval hooks for the GQA, MME and POPE tasks (lmms-eval 0.7.3).
 
-Prompts follow lmms-eval's own tasks, scoring follows the LLaVA-1.5 evaluation scripts, and every
-metric is a percentage (0-100). The pure helpers (`gqa_normalize`, `mme_parse`, `mme_scores`,
-`pope_parse`, `pope_metrics`) are what the tests check by hand.
+Prompts follow lmms-eval's own tasks; scoring is `harness.scoring` (one rule per benchmark, as the
+official tools, shared with the embedded shapes tasks). `process_results` returns the sample's
+score fields (the same dict that goes into samples.jsonl) under every metric key; each metric's
+aggregation turns the list into a percentage (0-100).
 
-lmms-eval loads this file once per `!function` reference (by file path, not as a package), so it
-imports nothing from the harness.
+lmms-eval loads this file by path once per `!function` reference; it imports only the harness's
+pure scoring modules.
 """
 
 import io
 import os
-import string
-from collections import defaultdict
 from functools import lru_cache
 
 import datasets
 from PIL import Image
+
+from harness.scoring import gqa, mme, pope
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 
@@ -49,8 +50,6 @@ def doc_to_visual(doc: dict) -> list[Image.Image]:
 GQA_HUB = "lmms-lab/GQA"
 GQA_IMAGES_CONFIG = "testdev_balanced_images"
 GQA_SPLIT = "testdev"
-ARTICLES = {"a", "an", "the"}
-_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 @lru_cache(maxsize=2)
@@ -82,24 +81,20 @@ def gqa_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) ->
     return _prompt(doc["question"], lmms_eval_specific_kwargs)
 
 
-def gqa_normalize(text: str) -> str:
-    """Lower-case, drop punctuation and the articles a/an/the, collapse spaces ("The Red." -> "red")."""
-    words = text.lower().translate(_NO_PUNCTUATION).split()
-    return " ".join(word for word in words if word not in ARTICLES)
+def gqa_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
+    """The sample's score fields (harness.scoring.gqa: LLaVA's rule) under `exact_match`."""
+    return {"exact_match": gqa.score(doc, results[0])}
 
 
-def gqa_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """Exact match (0 or 100) of the normalised response and answer."""
-    return {"exact_match": 100.0 * (gqa_normalize(results[0]) == gqa_normalize(doc["answer"]))}
+def gqa_aggregate_exact_match(records: list[dict]) -> float:
+    """% exact matches."""
+    return gqa.accuracy(records)
 
 
 # ---------------------------------------------------------------- MME
 
-MME_PERCEPTION = (
-    "existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR",
-)
-MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 MME_HUB_SUFFIX = " Please answer yes or no."
+MME_CATEGORIES = mme.PERCEPTION + mme.COGNITION
 
 
 def mme_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
@@ -111,77 +106,33 @@ def mme_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) ->
     return f"{kwargs.get('pre_prompt', '')}{question}{kwargs.get('post_prompt', '')}"
 
 
-def mme_parse(response: str) -> str:
-    """lmms-eval's MME parser: "yes", "no" or "other".
-
-    Lower-cased, stripped, dots removed; exactly "yes"/"no" (or "y"/"n"), else "yes"/"no" within
-    the first four characters ("yes" first), else "other" (always wrong).
-    """
-    text = response.lower().strip().replace(".", "")
-    if text in ("yes", "no"):
-        return text
-    if len(text) == 1:
-        return {"y": "yes", "n": "no"}.get(text, "other")
-    if "yes" in text[:4]:
-        return "yes"
-    if "no" in text[:4]:
-        return "no"
-    return "other"
-
-
-def mme_scores(records: list[dict]) -> dict:
-    """MME scores from per-question records.
-
-    Args:
-        records: Dicts with `question_id` (the image: two questions share it), `category`, `correct`.
-
-    Returns:
-        {"categories": {category: {"acc", "acc_plus", "score"}}, "perception", "cognition", "total"}:
-        acc = % questions correct, acc_plus = % images with all their questions correct,
-        score = acc + acc_plus; perception / cognition = sums of the category scores present.
-    """
-    by_image = defaultdict(lambda: defaultdict(list))  # category -> question_id -> [correct]
-    for record in records:
-        by_image[record["category"]][record["question_id"]].append(bool(record["correct"]))
-    categories = {}
-    for category, images in by_image.items():
-        answers = [c for image in images.values() for c in image]
-        acc = 100.0 * sum(answers) / len(answers)
-        acc_plus = 100.0 * sum(all(image) for image in images.values()) / len(images)
-        categories[category] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
-    perception = sum(c["score"] for name, c in categories.items() if name in MME_PERCEPTION)
-    cognition = sum(c["score"] for name, c in categories.items() if name in MME_COGNITION)
-    return {"categories": categories, "perception": perception, "cognition": cognition, "total": perception + cognition}
-
-
 def mme_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    """One record per question, under the three summary metrics and the question's category metric."""
-    category = doc["category"]
-    if category not in MME_PERCEPTION + MME_COGNITION:
-        raise ValueError(f"MME category {category!r} is unknown (allowed: {MME_PERCEPTION + MME_COGNITION})")
-    correct = mme_parse(results[0]) == doc["answer"].lower().strip().replace(".", "")
-    record = {"question_id": doc["question_id"], "category": category, "correct": correct}
-    return {"mme_perception": record, "mme_cognition": record, "mme_total": record, f"mme_{category}": record}
+    """The score fields (harness.scoring.mme: the official calculation.py) under the summary metrics
+    and the question's category metric."""
+    if doc["category"] not in MME_CATEGORIES:
+        raise ValueError(f"MME category {doc['category']!r} is unknown (allowed: {MME_CATEGORIES})")
+    record = mme.score(doc, results[0])
+    return {"mme_perception": record, "mme_cognition": record, "mme_total": record, f"mme_{doc['category']}": record}
 
 
 def mme_aggregate_perception(records: list[dict]) -> float:
     """Sum of the perception category scores (max 2000)."""
-    return mme_scores(records)["perception"]
+    return mme.totals(records)["perception"]
 
 
 def mme_aggregate_cognition(records: list[dict]) -> float:
     """Sum of the cognition category scores (max 800)."""
-    return mme_scores(records)["cognition"]
+    return mme.totals(records)["cognition"]
 
 
 def mme_aggregate_total(records: list[dict]) -> float:
     """Perception + cognition."""
-    return mme_scores(records)["total"]
+    return mme.totals(records)["total"]
 
 
 def mme_aggregate_category(records: list[dict]) -> float:
     """Score (acc + acc+) of the one category these records belong to."""
-    (category, scores), *rest = mme_scores(records)["categories"].items()
+    (category, scores), *rest = mme.category_scores(records, warn=False).items()
     if rest:
         raise ValueError(f"expected records of one MME category, got {[category] + [name for name, _ in rest]}")
     return scores["score"]
@@ -194,75 +145,32 @@ def pope_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -
     return _prompt(doc["question"].strip(), lmms_eval_specific_kwargs)
 
 
-def pope_parse(response: str) -> str:
-    """LLaVA's POPE rule (llava/eval/eval_pope.py): "yes" or "no".
-
-    Keep the text before the first ".", drop commas, split on spaces; "no" if a word is
-    "no", "No" or "not", otherwise "yes".
-    """
-    first_sentence = response.split(".")[0].replace(",", "")
-    words = first_sentence.split(" ")
-    return "no" if ("no" in words or "No" in words or "not" in words) else "yes"
-
-
-def pope_metrics(preds: list[str], labels: list[str]) -> dict[str, float]:
-    """POPE metrics with "yes" as the positive class, as percentages.
-
-    Args:
-        preds: Parsed predictions, "yes" or "no".
-        labels: Ground truth, "yes" or "no".
-
-    Returns:
-        {"accuracy", "precision", "recall", "f1", "yes_ratio"}; yes_ratio is the share of
-        predictions that are "yes". An undefined ratio (no positives) is 0.
-    """
-    pairs = list(zip(preds, labels, strict=True))
-    tp = sum(p == "yes" and l == "yes" for p, l in pairs)
-    fp = sum(p == "yes" and l == "no" for p, l in pairs)
-    tn = sum(p == "no" and l == "no" for p, l in pairs)
-    fn = sum(p == "no" and l == "yes" for p, l in pairs)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "accuracy": 100.0 * (tp + tn) / len(pairs),
-        "precision": 100.0 * precision,
-        "recall": 100.0 * recall,
-        "f1": 100.0 * f1,
-        "yes_ratio": 100.0 * (tp + fp) / len(pairs),
-    }
-
-
 def pope_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    """One record (parsed prediction, label) per question, under every POPE metric."""
-    record = {"question_id": doc["question_id"], "pred": pope_parse(results[0]), "label": doc["answer"].lower().strip()}
-    return {f"pope_{name}": record for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")}
-
-
-def _pope(records: list[dict]) -> dict[str, float]:
-    return pope_metrics([r["pred"] for r in records], [r["label"] for r in records])
+    """The score fields (harness.scoring.pope: LLaVA's eval_pope.py) under every POPE metric."""
+    record = pope.score(doc, results[0])
+    return {f"pope_{name}": record for name in pope.METRICS}
 
 
 def pope_aggregate_accuracy(records: list[dict]) -> float:
     """% of predictions equal to the label."""
-    return _pope(records)["accuracy"]
+    return pope.records_metrics(records)["accuracy"]
 
 
 def pope_aggregate_precision(records: list[dict]) -> float:
     """% of "yes" predictions that are right."""
-    return _pope(records)["precision"]
+    return pope.records_metrics(records)["precision"]
 
 
 def pope_aggregate_recall(records: list[dict]) -> float:
     """% of "yes" labels predicted "yes"."""
-    return _pope(records)["recall"]
+    return pope.records_metrics(records)["recall"]
 
 
 def pope_aggregate_f1(records: list[dict]) -> float:
     """Harmonic mean of precision and recall (the headline POPE number)."""
-    return _pope(records)["f1"]
+    return pope.records_metrics(records)["f1"]
 
 
 def pope_aggregate_yes_ratio(records: list[dict]) -> float:
     """% of predictions that are "yes"."""
-    return _pope(records)["yes_ratio"]
+    return pope.records_metrics(records)["yes_ratio"]

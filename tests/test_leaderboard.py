@@ -53,7 +53,7 @@ def write_run(run_dir: Path, method: str, budget: int, spec: dict, data: dict, f
     records = []
     for doc_id in range(10):
         records.append({"task": "gqa", "doc_id": doc_id, "target": "red",
-                        "response": "The red." if doc_id in spec["gqa"] else "blue"})
+                        "response": "Red." if doc_id in spec["gqa"] else "blue"})
     for doc_id, (_, _, answer) in enumerate(MME_ROWS):
         wrong = {"Yes": "No", "No": "Yes"}[answer]
         records.append({"task": "mme", "doc_id": doc_id, "target": answer,
@@ -238,7 +238,7 @@ def test_bootstrap_matches_an_independent_loop():
                 records[run][(split, doc_id)] = {"task": split, "doc_id": doc_id, "target": label, "response": pred}
     del records["m"][("pope_random", 3)]
     # MME: 6 images in 2 categories, 2 questions each
-    mme_meta = {i: {"question_id": f"{('existence', 'color')[i % 2]}/{i // 2}.jpg", "category": ("existence", "color")[i % 2]}
+    mme_meta = {i: {"question_id": f"{('existence', 'color')[i % 2]}/{i // 4}.jpg", "category": ("existence", "color")[i % 2]}
                 for i in range(12)}
     mme_records = {run: {("mme", i): {"task": "mme", "doc_id": i, "target": ("Yes", "No")[i % 2],
                                      "response": ("Yes", "No")[(i + (rng.random() < p)) % 2]}
@@ -284,11 +284,59 @@ def test_bootstrap_matches_an_independent_loop():
                 for j, i in enumerate(idx):  # a drawn image twice counts as two images: relabel it
                     for doc_id, m in mme_meta.items():
                         if m["question_id"] == stratum[i]:
-                            rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], question_id=f"{stratum[i]}#{j}")
+                            rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], image=f"{stratum[i]}#{j}")
                             resampled.append(rec)
             total[run] = utils.mme_aggregate_total(resampled)
         diffs.append(total["m"] - total["v"])
     assert got_mme[1:] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+
+
+def test_stored_score_fields_are_read_not_rederived():
+    gqa = BENCH["GQA"]
+    record = {"task": "gqa", "doc_id": 0, "target": "red", "response": "The red."}
+    assert lb.score_sample(gqa, record) == {"correct": False, "score": 0.0}  # re-scored: LLaVA's rule
+    stored = {**record, "scores": {"pred": "the red", "score": 1.0}}
+    assert lb.score_sample(gqa, stored) == {"correct": True, "score": 1.0}  # what the run wrote is what counts
+    vqa = {**record, "task": "textvqa_val", "scores": {"pred": "red", "score": 2 / 3}}
+    assert lb.score_sample(BENCH["TextVQA"], vqa) == {"correct": False, "score": pytest.approx(2 / 3)}
+
+
+def test_circular_bootstrap_groups_rotations():
+    bench = BENCH["MMB"]
+    # 3 questions x 2 rotations; run a misses one rotation of question 1, run b gets everything right
+    def units(wrong):
+        return {("mmbench_en_dev", i): lb.score_unit(bench, {"score": float(i not in wrong), "group": i // 2})
+                for i in range(6)}
+
+    boot = lb.PairedBootstrap(500, seed=0)
+    a, b = units({3}), units(set())
+    strata = lb.layout(bench, a, set(a))
+    assert [len(unit) for unit in strata[0].units] == [2, 2, 2]
+    diff, low, high = boot.difference(bench, a, b)
+    assert diff == pytest.approx(-100 / 3)  # circular: 2 of 3 questions vs 3 of 3
+    assert -100.0 <= low <= diff <= high <= 0.0
+
+
+def test_vanilla_beside_the_published_numbers(tmp_path, capsys):
+    def write(method, gqa, textvqa, mme_p):
+        run = tmp_path / method
+        run.mkdir()
+        tasks = {"gqa": {"metrics": {"exact_match": gqa}}, "textvqa_val": {"metrics": {"vqa_accuracy": textvqa}},
+                 "mme": {"metrics": {"mme_total": mme_p + 300, "mme_perception": mme_p}}}
+        (run / "results.json").write_text(json.dumps({
+            "method": method, "budget": 64, "model": lb.PUBLISHED_MODEL, "tasks": tasks,
+            "config": {"tasks": {"names": ["gqa", "mme", "textvqa_val"]}}}))
+
+    write("vanilla", 61.0, 48.0, 1490.7)
+    write("fastv", 50.0, 40.0, 1200.0)
+    code, out, err = run_cli([tmp_path, "--bootstrap", "0"], capsys)
+    assert code == 0
+    assert "- GQA: 61.0 vs published 62.0 (-1.0 points;" in out
+    assert "- TextVQA: 48.0 vs published 58.2 (-10.2 points;" in out
+    assert "- MME P: 1490.7 vs published 1510.7 (-1.0 points;" in out  # 20 of 2000 = 1 point of 100
+    assert "Avg: mean over the benchmarks present (GQA, MME P+C, TextVQA)" in out
+    warnings = [line for line in err.splitlines() if "differs from the published" in line]
+    assert len(warnings) == 1 and "vanilla TextVQA 48.0" in warnings[0]  # only the gap over 1.5 points
 
 
 def _per_replicate(sizes, B, seed):

@@ -49,6 +49,8 @@ def test_results_and_samples_follow_the_contract(full_run):
     assert set(results["tasks"]) >= {"gqa", "mme", "pope", "pope_adversarial", "pope_popular", "pope_random"}
     assert results["tasks"]["gqa"]["n"] == 4 and results["tasks"]["pope"]["n"] == 12
     assert "mme_total" in results["tasks"]["mme"]["metrics"] and "pope_f1" in results["tasks"]["pope"]["metrics"]
+    assert (results["tasks"]["gqa"]["scorer"], results["tasks"]["mme"]["scorer"], results["tasks"]["pope"]["scorer"]) == (
+        "llava_gqa_eval", "mme_calculation", "llava_eval_pope")
     tokens = results["tokens"]
     assert len(tokens["vision_per_layer"]) == 32 and abs(tokens["avg_vision_tokens"] - 64) <= 1
     latency = results["latency_ms"]
@@ -70,6 +72,7 @@ def test_results_and_samples_follow_the_contract(full_run):
             assert key in record, key
         assert record["error"] is None and record["vision_per_layer"][2] == 30  # FastV keeps 30 after layer 1
         assert 1 <= record["n_new_tokens"] <= 12
+        assert 0.0 <= record["scores"]["score"] <= 1.0  # the sample's score fields, written as it was evaluated
 
 
 def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):

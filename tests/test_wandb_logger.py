@@ -18,9 +18,10 @@ def make_run(tmp_path: Path) -> tuple[Path, dict, list[dict]]:
     run_dir = tmp_path / "sweep-20261125" / "fastv-64"
     run_dir.mkdir(parents=True)
     records = [{"task": "gqa", "doc_id": i, "target": "red", "response": "red" if i else "blue", "error": None,
-                "prefill_ms": 10.0 + i, "decode_ms": 1.0, "n_new_tokens": 2, "vision_per_layer": [64] * 4} for i in range(3)]
+                "prefill_ms": 10.0 + i, "decode_ms": 1.0, "n_new_tokens": 2, "vision_per_layer": [64] * 4,
+                "scores": {"pred": "red" if i else "blue", "score": float(i > 0)}} for i in range(3)]
     results = {"schema": 1, "method": "fastv", "budget": 64, "model": "tiny_random", "seed": 0, "limit": 3,
-               "tasks": {"gqa": {"metrics": {"exact_match": 66.7}, "n": 3, "n_failed": 0}},
+               "tasks": {"gqa": {"metrics": {"exact_match": 66.7}, "n": 3, "n_failed": 0, "scorer": "llava_gqa_eval"}},
                "tokens": {"vision_per_layer": [64.0] * 4, "avg_vision_tokens": 64.0},
                "latency_ms": {"prefill": {"mean": 11.0, "p50": 11.0, "p90": 11.8}, "timer": "perf_counter"},
                "flops": {"prefill_tflops": 0.1, "vanilla_prefill_tflops": 0.9, "reduction": 0.889},
@@ -83,7 +84,9 @@ def test_offline_run_without_a_key(tmp_path, monkeypatch, capsys):
     (table,) = [f for f in logged["files"] if f.startswith("media/table/samples")]
     (table_file,) = run_dir.glob(f"wandb/offline-run-*/files/{table}")
     table_json = json.loads(table_file.read_text())
-    assert table_json["columns"] == list(wandb_logger.SAMPLE_COLUMNS) and len(table_json["data"]) == 3
+    assert table_json["columns"] == list(wandb_logger.SAMPLE_COLUMNS + ("score", "pred")) and len(table_json["data"]) == 3
+    assert [row[-2:] for row in table_json["data"]] == [[0.0, "blue"], [1.0, "red"], [1.0, "red"]]  # the stored score fields
+    assert summary["tasks/gqa/scorer"] == "llava_gqa_eval"
     assert json.loads((run_dir / "results.json").read_text()) == results  # local results untouched
 
 
