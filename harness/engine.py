@@ -22,16 +22,19 @@ How it works (prefill only, batch 1; ARCHITECTURE.md, "The pruning engine"):
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AttentionInterface, LlavaForConditionalGeneration
+from torch import nn
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import rotate_half
 
 from harness.budget import check_schedule
+from harness.families import REFERENCE_TOKENS, family_of, scaled_budget
 from harness.methods.base import (
     DECODE_POSITIONS,
     PreLLMContext,
@@ -76,6 +79,7 @@ class PrefillState:
     """What the engine knows about the current sample. Indices refer to the current sequence."""
 
     prompt_len: int  # N, the full prompt length
+    image_tokens: int  # V, this sample's image tokens (0 for a text-only prompt)
     image_span: tuple[int, int]  # image block in the current sequence
     seq_positions: torch.Tensor  # [n] original position of each current token (-1 for merged tokens)
     kept_image: torch.Tensor  # [k] original image index (0..V-1) of each kept original image token
@@ -97,7 +101,7 @@ class PrefillState:
 
 
 class PruningEngine:
-    """Attach a pruning method to a LLaVA model.
+    """Attach a pruning method to a VLM (any family in `harness/families`).
 
         engine = PruningEngine(model, FastV(budget=64))
         with engine:
@@ -105,7 +109,7 @@ class PruningEngine:
         engine.state.vision_per_layer  # image tokens that entered each layer
 
     Args:
-        model: a `LlavaForConditionalGeneration` with SDPA attention.
+        model: a VLM of a supported family (`harness.families.family_of`) with SDPA attention.
         method: the pruning method (see `harness/methods/base.py`).
         record_kept: keep the kept original image indices of every stage in `state.kept`.
         time_scoring: measure the time of scoring + selection + gathering (synchronises CUDA).
@@ -113,7 +117,7 @@ class PruningEngine:
 
     def __init__(
         self,
-        model: LlavaForConditionalGeneration,
+        model: nn.Module,
         method: PruningMethod,
         record_kept: bool = False,
         time_scoring: bool = False,
@@ -122,29 +126,69 @@ class PruningEngine:
         self.method = method
         self.record_kept = record_kept
         self.time_scoring = time_scoring
-        self.layers = model.model.language_model.layers
+        self.family = family_of(model)
+        self.language_model = self.family.language_model(model)
+        self.layers = self.language_model.layers
         self.num_layers = len(self.layers)
-        self.image_token_id = model.config.image_token_index
-        vision = model.config.vision_config
-        self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
-        self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
+        self.image_token_id = self.family.image_token_id(model)
+        # A fixed count (LLaVA-1.5: 576); on families whose count varies per sample the budget is a fraction
+        # of 576 and each sample gets its own schedule (`_schedule_for`).
+        self.fixed_image_tokens = self.family.image_tokens(model)
+        self.num_image_tokens = self.fixed_image_tokens or REFERENCE_TOKENS
         self.pre_llm = getattr(method, "pre_llm", False)
+        self._check_family(method)
+        self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
+        self.active = method  # the method at this sample's budget (a copy with a scaled budget on other families)
         self.decode_positions = check_choice(
             "method.decode_positions", getattr(method, "decode_positions", "global"), DECODE_POSITIONS
         )
         # A pre-LLM method has no stages: its budget is the size of what `reduce` returns (checked in `generate`).
         check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name,
                        check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
-        self.stage_entering = {s.enters: (i, s) for i, s in enumerate(self.stages)}
-        query_rows = getattr(method, "query_rows", None)
-        self.score_layers = {s.layer for s in self.stages if not s.before} if query_rows else set()
-        self.key_layers = {s.layer for s in self.stages if not s.before} if getattr(method, "needs_keys", False) else set()
+        self._use_stages(self.stages)
+        self._schedules = {self.num_image_tokens: (method, self.stages)}
         self.sample_seed = 0
         self.state: PrefillState | None = None
         self.vision_capture: tuple[torch.Tensor, torch.Tensor] | None = None
         self.capture_s = 0.0  # time of the CLS-attention capture inside the tower pass (time_scoring)
         self._handles: list = []
         self._saved_attn: dict[str, str] = {}
+
+    def _check_family(self, method: PruningMethod) -> None:
+        """One clear error for a method that cannot run on this model's family."""
+        family = self.family.name
+        if getattr(method, "needs_vision_attention", False) and not self.family.vision_cls:
+            raise ValueError(f"{method.name} reads the vision CLS token's attention; the {family} vision tower has no CLS token")
+        if self.pre_llm and not self.family.pre_llm:
+            raise ValueError(
+                f"{method.name} reduces the image before the language model; the engine splices a reduced block "
+                f"only on llava (model family {family} is not supported for pre-LLM methods)"
+            )
+        if getattr(method, "positions", None) == "compact" and self.family.mrope:
+            raise ValueError(
+                f"{method.name}: positions=compact renumbers 1-D positions; {family} uses 3-D M-RoPE positions "
+                "(allowed there: method.positions=original)"
+            )
+
+    def _use_stages(self, stages: list[Stage]) -> None:
+        self.stages = stages
+        self.stage_entering = {s.enters: (i, s) for i, s in enumerate(stages)}
+        query_rows = getattr(self.method, "query_rows", None)
+        self.score_layers = {s.layer for s in stages if not s.before} if query_rows else set()
+        needs_keys = getattr(self.method, "needs_keys", False)
+        self.key_layers = {s.layer for s in stages if not s.before} if needs_keys else set()
+
+    def _schedule_for(self, image_tokens: int) -> None:
+        """Switch to the schedule of a sample with `image_tokens` image tokens (budget: the same fraction of 576)."""
+        if image_tokens not in self._schedules:
+            method = copy.copy(self.method)
+            method.budget = scaled_budget(self.method.budget, image_tokens)
+            stages = method.schedule(self.num_layers, image_tokens)
+            check_schedule(stages, method.budget, self.num_layers, image_tokens, method.name,
+                           check_budget=getattr(method, "schedule_kind", "matched") == "matched")
+            self._schedules[image_tokens] = (method, stages)
+        self.active, stages = self._schedules[image_tokens]
+        self._use_stages(stages)
 
     # ---------------------------------------------------------------- attach / detach
     def attach(self) -> PruningEngine:
@@ -228,14 +272,19 @@ class PruningEngine:
             start = end = n
         else:
             start, end = int(where[0]), int(where[-1]) + 1
-            if end - start != where.numel() or where.numel() != self.num_image_tokens:
+            expected = self.fixed_image_tokens
+            if end - start != where.numel() or (expected is not None and where.numel() != expected):
+                count = f"{expected} " if expected is not None else ""
                 raise ValueError(
-                    f"expected one contiguous block of {self.num_image_tokens} image tokens, "
+                    f"expected one contiguous block of {count}image tokens, "
                     f"found {where.numel()} in positions {start}..{end - 1}"
                 )
+            if expected is None:
+                self._schedule_for(end - start)
         device = input_ids.device
         return PrefillState(
             prompt_len=n,
+            image_tokens=end - start,
             image_span=(start, end),
             seq_positions=torch.arange(n, device=device),
             kept_image=torch.arange(end - start, device=device),
@@ -320,9 +369,9 @@ class PruningEngine:
             generator=generator,
             rope=st.stage_rope.pop(stage.layer, None),
             keys=st.keys.pop(stage.layer, None),
-            final_norm=self.model.model.language_model.norm,
+            final_norm=self.language_model.norm,
         )
-        sel: Selection = self.method.select(ctx)
+        sel: Selection = self.active.select(ctx)
         keep = sel.keep.to(hidden.device)
         n_current = end - start
         n_merged = 0 if sel.merged is None else sel.merged.shape[0]
@@ -360,7 +409,11 @@ class PruningEngine:
         return new_hidden
 
     def _score_before(self, layer, hidden: torch.Tensor, kwargs: dict) -> None:
-        """PDrop: the last token's attention from this layer's own projections of its input (before it runs)."""
+        """PDrop: the last token's attention from this layer's own projections of its input (before it runs).
+
+        The cos/sin the layer receives are per token (M-RoPE's three axes already assembled), so the
+        rotation is the same `x cos + rotate_half(x) sin` on every family.
+        """
         st = self.state
         t0 = self._clock()
         if st.pruned and st.gathered is None:
@@ -479,14 +532,19 @@ class PruningEngine:
         return (args, {**kwargs, **out}) if out else None
 
     def _per_layer_positions(self, layer_idx: int, hidden: torch.Tensor, kwargs: dict) -> dict:
-        """Positions `own cache length + 0..Q-1` for the Q new tokens at this layer, with their RoPE cos/sin."""
+        """Positions `own cache length + 0..Q-1` (+ the family's decode offset) for the Q new tokens at this layer.
+
+        HF places a generated token at `cache length + offset` (offset 0 for 1-D RoPE, `rope_deltas` on
+        Qwen2.5-VL, the same on all three M-RoPE axes); per_layer puts this layer's own cache length there.
+        """
         st = self.state
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         own = cache.get_seq_length(layer_idx)  # what this layer cached: its prefill tokens + earlier generated ones
         if own not in st.decode_rope:  # once per distinct cache length and step
             q = hidden.shape[1]
-            ids = torch.arange(own, own + q, device=hidden.device)[None]  # [1, Q]
-            st.decode_rope[own] = (ids, self.model.model.language_model.rotary_emb(hidden, position_ids=ids))
+            offset = self.family.decode_offset(self.model)
+            ids = torch.arange(own + offset, own + offset + q, device=hidden.device)[None]  # [1, Q]
+            st.decode_rope[own] = (ids, self.language_model.rotary_emb(hidden, position_ids=ids))
         ids, cos_sin = st.decode_rope[own]
         return {"position_ids": ids, "position_embeddings": cos_sin}
 

@@ -62,15 +62,19 @@ class PrunedLlava(lmms):
         warmup: the first `warmup` samples this process runs are excluded from latency statistics.
         record_kept: store the kept image indices of every stage in each record.
         max_new_tokens: a cap on the task's own `max_new_tokens` (None: no cap).
+        image_placeholder: the image's place in `prompt` (removed, with a following newline, for a text-only
+            sample): "<image>" for LLaVA, "<|vision_start|><|image_pad|><|vision_end|>" for Qwen2.5-VL.
     """
 
     def __init__(self, engine: PruningEngine, processor, log: SampleLog, prompt: str, seed: int = 0,
-                 warmup: int = 3, record_kept: bool = False, max_new_tokens: int | None = None):
+                 warmup: int = 3, record_kept: bool = False, max_new_tokens: int | None = None,
+                 image_placeholder: str = "<image>"):
         super().__init__()
         self.engine, self.model, self.processor = engine, engine.model, processor
         self.log, self.prompt, self.seed, self.warmup = log, prompt, seed, warmup
         self.record_kept = record_kept
         self.max_new_tokens = max_new_tokens
+        self.image_placeholder = image_placeholder
         self.device = next(self.model.parameters()).device
         self.clock = Clock(self.device)
         self.n_run = 0
@@ -130,7 +134,8 @@ class PrunedLlava(lmms):
             text = self.prompt.format(question=context)
             inputs = self.processor(images=images[0].convert("RGB"), text=text, return_tensors="pt")
         else:
-            text = self.prompt.replace("<image>\n", "").replace("<image>", "").format(question=context)
+            placeholder = self.image_placeholder
+            text = self.prompt.replace(f"{placeholder}\n", "").replace(placeholder, "").format(question=context)
             inputs = self.processor.tokenizer(text, return_tensors="pt")
         inputs.pop("attention_mask", None)  # batch 1: no padding
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
@@ -170,6 +175,7 @@ class PrunedLlava(lmms):
         vanilla = prefill_flops([st.prompt_len] * len(st.tokens_per_layer), text.hidden_size, text.intermediate_size)
         record = {
             "vision_per_layer": st.vision_per_layer,
+            "image_tokens": st.image_tokens,  # this sample's image tokens before pruning (varies on some families)
             "tokens_per_layer": st.tokens_per_layer,
             "prefill_flops": flops,
             "vanilla_prefill_flops": vanilla,

@@ -1,8 +1,9 @@
-"""Load a LLaVA model and its processor: from the hub, a local directory, or a config with random weights.
+"""Load a VLM and its processor: from the hub, a local directory, or a config with random weights.
 
     model, processor = load_llava(pretrained="llava-hf/llava-1.5-7b-hf")        # real weights
     model, processor = load_llava(config="tiny")                               # tests
     model, processor = load_llava(config="harness/assets/llava-1.5-7b-hf")    # 7B shapes, random
+    model, processor = load_model("qwen2_5_vl", config="tiny")                 # other families (harness/families)
 """
 
 from __future__ import annotations
@@ -52,13 +53,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return allowed[dtype]
 
 
-def build_word_processor(words: list[str], image_size: int = 336, patch_size: int = 14) -> LlavaProcessor:
-    """A LLaVA processor with a closed word-level tokenizer that works offline.
-
-    Lower-cases text, splits on whitespace and punctuation, prepends `<s>`. The processor expands
-    `<image>` to (image_size / patch_size)^2 tokens, as for LLaVA-1.5.
-    """
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+def word_tokenizer(words: list[str], special_tokens: list[str] = SPECIAL_TOKENS, image_token: str = IMAGE_TOKEN,
+                   extra: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """A closed word-level tokenizer that works offline: lower-cases, splits on whitespace and punctuation,
+    prepends `<s>`; special tokens (the first four: unk, bos, eos, pad) are matched before normalisation."""
+    vocab = {tok: i for i, tok in enumerate(special_tokens)}
     for word in words:
         vocab.setdefault(word.lower(), len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -68,10 +67,19 @@ def build_word_processor(words: list[str], image_size: int = 336, patch_size: in
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
     )
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens={"image_token": image_token, **(extra or {})},
     )
+
+
+def build_word_processor(words: list[str], image_size: int = 336, patch_size: int = 14) -> LlavaProcessor:
+    """A LLaVA processor with a closed word-level tokenizer that works offline.
+
+    Lower-cases text, splits on whitespace and punctuation, prepends `<s>`. The processor expands
+    `<image>` to (image_size / patch_size)^2 tokens, as for LLaVA-1.5.
+    """
+    tokenizer = word_tokenizer(words)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -100,6 +108,20 @@ def tiny_config(vocab_size: int, image_token_id: int, num_layers: int = 32) -> L
     )
 
 
+def set_image_processor(image_processor, options: dict) -> None:
+    """Set image-processor options; `min_pixels` / `max_pixels` (Qwen2.5-VL) are its `size` bounds."""
+    size_keys = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in size_keys:
+            image_processor.size = {**dict(image_processor.size), size_keys[key]: int(value)}
+        elif hasattr(image_processor, key):
+            setattr(image_processor, key, value)
+        else:
+            raise ValueError(f"model.load.processor_kwargs.{key} is not an option of {type(image_processor).__name__}")
+
+
 def load_llava(
     pretrained: str | None = None,
     config: str | None = None,
@@ -108,9 +130,24 @@ def load_llava(
     device: str = "auto",
     seed: int = 0,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor | None]:
-    """Load LLaVA with SDPA attention, in eval mode.
+    """LLaVA-1.5 (`load_model(family="llava", ...)`); see `load_model`."""
+    return load_model("llava", pretrained, config, num_layers, dtype, device, seed)
+
+
+def load_model(
+    family: str = "llava",
+    pretrained: str | None = None,
+    config: str | None = None,
+    num_layers: int = 32,
+    dtype: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
+    processor_kwargs: dict | None = None,
+):
+    """Load a VLM of a family in `harness/families` (transformers' own class) with SDPA attention, in eval mode.
 
     Args:
+        family: llava (LLaVA-1.5), llava_next or qwen2_5_vl.
         pretrained: hub id, local directory, or the name of a checkpoint under harness/assets
             (`tiny-llava-shapes`), with weights and processor (`from_pretrained`).
         config: instead of `pretrained`: "tiny" for the test model, or a directory holding a
@@ -118,39 +155,47 @@ def load_llava(
             seeded random weights.
             A directory without a tokenizer gives `processor=None`.
         num_layers: decoder layers of the tiny model.
+        processor_kwargs: set on the image processor (Qwen2.5-VL: `min_pixels`, `max_pixels`).
         dtype: "auto" (fp16 on CUDA, bf16 on CPU), "float32", "bfloat16" or "float16".
         device: "auto", "cpu", "cuda", "cuda:1", ...
         seed: seed of the random weights.
     """
     if (pretrained is None) == (config is None):
         raise ValueError("give exactly one of model.pretrained (hub id or directory) and model.config")
+    from harness.families import family_named
+
+    model_class = family_named(family).model_class
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if pretrained is not None:
         if not Path(pretrained).is_dir() and (ASSETS / pretrained).is_dir():
             pretrained = str(ASSETS / pretrained)  # a checkpoint shipped under harness/assets
-        model = LlavaForConditionalGeneration.from_pretrained(
+        model = model_class.from_pretrained(
             pretrained, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=False
         )
         processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=False)
     else:
-        if config == "tiny":
+        if config == "tiny" and family == "llava":
             processor = build_word_processor(TINY_WORDS)
             vocab = processor.tokenizer.get_vocab()
             llava_config = tiny_config(len(vocab), vocab[IMAGE_TOKEN], num_layers)
+        elif config == "tiny":
+            llava_config, processor = family_named(family).tiny(TINY_WORDS, num_layers)
         else:
             path = Path(config)
             if not path.is_dir() and (ASSETS / config).is_dir():
                 path = ASSETS / config  # a name under harness/assets
             if not (path / "config.json").is_file():
                 raise ValueError(f"model.config={config!r} is neither 'tiny' nor a directory with a config.json")
-            llava_config = LlavaConfig.from_pretrained(path)
+            llava_config = model_class.config_class.from_pretrained(path)
             has_tokenizer = (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
             processor = AutoProcessor.from_pretrained(path) if has_tokenizer else None
         llava_config._attn_implementation = "sdpa"
         torch.manual_seed(seed)
         with torch.device(dev):  # built directly in the target dtype: a 7B model never exists in fp32
-            model = LlavaForConditionalGeneration._from_config(llava_config, dtype=torch_dtype)
+            model = model_class._from_config(llava_config, dtype=torch_dtype)
+    if processor is not None and processor_kwargs:
+        set_image_processor(processor.image_processor, processor_kwargs)
     model = model.to(dev).eval()
     model.requires_grad_(False)
     return model, processor

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import harness
 from harness.budget import paper_budget
 from harness.engine import PruningEngine
+from harness.families import method_overrides
 from harness.results import SCHEMA, SampleLog, write_json_atomic
 from harness.scoring import scorer_for
 from harness.timing import peak_memory, stats
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     model, processor = instantiate(cfg.model.load)
     if processor is None:
         raise ValueError(f"model={cfg.model.name} has no processor (a config-only model cannot run tasks)")
-    method = instantiate(cfg.method)
+    method = instantiate(cfg.method, **method_overrides(cfg.model, cfg.method_name))
     engine = PruningEngine(model, method, record_kept=cfg.record_kept, time_scoring=cfg.time_scoring)
 
     # 2. tasks (data located or materialised here) and the lmms-eval model
@@ -56,7 +57,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     specs = task_specs(list(cfg.tasks.names), data, manager)
     log = SampleLog(run_dir / "samples.jsonl")
     lm = PrunedLlava(engine, processor, log, prompt=cfg.model.prompt, seed=cfg.seed, warmup=cfg.warmup,
-                     record_kept=cfg.record_kept, max_new_tokens=cfg.max_new_tokens)
+                     record_kept=cfg.record_kept, max_new_tokens=cfg.max_new_tokens,
+                     image_placeholder=cfg.model.get("image_placeholder", "<image>"))
 
     # 3. evaluate
     from lmms_eval.evaluator import simple_evaluate
@@ -140,6 +142,12 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
     num_layers, num_images = engine.num_layers, engine.num_image_tokens
     per_layer = np.mean([r["vision_per_layer"] for r in ok], axis=0).tolist() if ok else []
     tokens = {"vision_per_layer": per_layer, "avg_vision_tokens": float(np.mean(per_layer)) if per_layer else None}
+    with_image = [r for r in ok if r.get("image_tokens")]
+    if with_image:  # the same fraction budget/576 of each sample's image tokens on families where counts vary
+        tokens["image_tokens"] = float(np.mean([r["image_tokens"] for r in with_image]))
+        tokens["realized_fraction"] = float(np.mean([np.mean(r["vision_per_layer"]) / r["image_tokens"]
+                                                     for r in with_image]))
+        tokens["budget_label"] = engine.family.budget_label(engine.method.budget, tokens["image_tokens"])
     if cfg.method.get("schedule") in ("paper", "derived"):
         tokens["avg_vision_tokens_paper"] = paper_budget(engine.stages, num_layers, num_images)
 

@@ -1,0 +1,98 @@
+"""Model families: what the engine needs to know about each VLM architecture, one file per family.
+
+    family = family_of(model)          # by the model's class
+    family.layers(model)               # decoder layers of the language model
+    family.image_tokens(model)         # fixed image-token count per sample, or None (varies per sample)
+
+The engine and the methods never look at a model's class; everything family-specific goes through
+this small Protocol. Budgets are given in LLaVA-1.5 terms (`REFERENCE_TOKENS` = 576 image tokens): on a
+family whose image-token count varies per sample, a budget B keeps the fraction B/576 of that sample's
+image tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import nn
+
+REFERENCE_TOKENS = 576  # LLaVA-1.5's image tokens: budgets are fractions of this on other families
+
+
+class ModelFamily(Protocol):
+    """The seam between the engine and one VLM architecture (transformers' own classes)."""
+
+    name: str
+    model_class: type
+    mrope: bool  # multi-axis RoPE positions (Qwen2.5-VL): compact renumbering is not defined there
+    vision_cls: bool  # the vision tower has a CLS token whose attention pre-LLM methods may read
+    pre_llm: bool  # the engine can splice a reduced image block into this family's prompt
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack: `.layers`, `.norm`, `.rotary_emb`."""
+        ...
+
+    def image_token_id(self, model: nn.Module) -> int:
+        """The id of the placeholder token that image features replace."""
+        ...
+
+    def image_tokens(self, model: nn.Module) -> int | None:
+        """Image tokens of every sample if fixed (LLaVA-1.5: 576), else None (known per sample)."""
+        ...
+
+    def decode_offset(self, model: nn.Module) -> int:
+        """What HF adds to a cache length to get a generated token's position (Qwen2.5-VL: rope_deltas)."""
+        ...
+
+    def tiny(self, words: list[str], num_layers: int):
+        """(config, processor) of a tiny random model of this family with a word-level tokenizer (tests)."""
+        ...
+
+    def budget_label(self, budget: int, image_tokens: float | None) -> str:
+        """A budget as the literature labels it for this family (e.g. "640" on LLaVA-NeXT, "22.2%")."""
+        ...
+
+
+def family_of(model: nn.Module) -> ModelFamily:
+    """The family of a loaded model, by its transformers class."""
+    from harness.families.llava import LLAVA
+    from harness.families.llava_next import LLAVA_NEXT
+    from harness.families.qwen2_5_vl import QWEN2_5_VL
+
+    for family in (LLAVA, LLAVA_NEXT, QWEN2_5_VL):
+        if isinstance(model, family.model_class):
+            return family
+    raise ValueError(
+        f"model class {type(model).__name__} is not supported "
+        "(allowed: LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)"
+    )
+
+
+def family_named(name: str) -> ModelFamily:
+    """A family by name: llava, llava_next or qwen2_5_vl."""
+    from harness.families.llava import LLAVA
+    from harness.families.llava_next import LLAVA_NEXT
+    from harness.families.qwen2_5_vl import QWEN2_5_VL
+
+    families = {f.name: f for f in (LLAVA, LLAVA_NEXT, QWEN2_5_VL)}
+    if name not in families:
+        raise ValueError(f"model.family={name!r} is not allowed (allowed: {', '.join(families)})")
+    return families[name]
+
+
+def scaled_budget(budget: int, image_tokens: int) -> int:
+    """The budget for a sample with `image_tokens` image tokens: the same fraction budget/576 of them."""
+    if image_tokens == REFERENCE_TOKENS:
+        return budget
+    return max(0, min(image_tokens, round(budget * image_tokens / REFERENCE_TOKENS)))
+
+
+
+def method_overrides(model_cfg, method_name: str) -> dict:
+    """Method settings a model config fixes for its family (`method_overrides.<method>` in conf/model/*.yaml).
+
+    A model whose depth or positions differ from LLaVA-1.5 says here which stage layers each method uses
+    there (and whether they come from the method's official port or are scaled by depth).
+    """
+    overrides = (model_cfg.get("method_overrides") or {}).get(method_name) or {}
+    return {k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v) for k, v in overrides.items()}

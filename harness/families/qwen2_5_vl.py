@@ -1,0 +1,87 @@
+"""Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`): dynamic resolution, M-RoPE, a tower without CLS.
+
+The processor expands `<|image_pad|>` into `(h/14) * (w/14) / 4` tokens (2x2 patches merged), so the
+count follows the image size (bounded by the processor's min/max pixels). The language model gets 3-D
+position ids (temporal, height, width) from `get_rope_index`; its decoder layers receive the cos/sin
+already assembled from the three axes (`mrope_section`), one row per token, so gathering rows of cos/sin
+keeps every kept token at its original 3-D position. A generated token's position is the cache length
+plus `rope_deltas` (the gap the image's 2-D grid left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from harness.families import REFERENCE_TOKENS
+
+
+@dataclass(frozen=True)
+class Qwen2_5_VL:
+    """Qwen2.5-VL: image-token count varies per sample; budgets are fractions budget/576 of it."""
+
+    name: str = "qwen2_5_vl"
+    model_class: type = Qwen2_5_VLForConditionalGeneration
+    mrope: bool = True
+    vision_cls: bool = False
+    pre_llm: bool = False
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
+
+    def image_token_id(self, model: nn.Module) -> int:
+        return model.config.image_token_id
+
+    def image_tokens(self, model: nn.Module) -> int | None:
+        return None
+
+    def decode_offset(self, model: nn.Module) -> int:
+        deltas = model.model.rope_deltas  # [B, 1] from the prefill's get_rope_index
+        return 0 if deltas is None else int(deltas[0, 0])
+
+    def tiny(self, words: list[str], num_layers: int = 28):
+        return tiny(words, num_layers)
+
+    def budget_label(self, budget: int, image_tokens: float | None) -> str:
+        return f"{100 * budget / REFERENCE_TOKENS:.1f}%"  # 192/128/64 -> 33.3% / 22.2% / 11.1%
+
+
+QWEN2_5_VL = Qwen2_5_VL()
+
+
+QWEN_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|video_pad|>", "\n", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny(words: list[str], num_layers: int = 28):
+    """(config, processor) of a tiny random Qwen2.5-VL: patch 14, 2x2 merge, window attention, M-RoPE.
+
+    An image of h x w pixels (rounded to multiples of 28, within min/max pixels) gives (h/28) * (w/28) tokens.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    from harness.model import word_tokenizer
+
+    tokenizer = word_tokenizer([*words, "user", "assistant"], QWEN_SPECIAL_TOKENS, image_token="<|image_pad|>",
+                               extra={"video_token": "<|video_pad|>"})
+    vocab = tokenizer.get_vocab()
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 256})
+    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor())
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=len(vocab), max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        ),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+        pad_token_id=3,
+    )
+    return config, processor
