@@ -1,0 +1,221 @@
+"""The model axis: every in-LLM method on LLaVA-NeXT and Qwen2.5-VL (tiny random models, fp32).
+
+As the method matrix of tests/test_methods.py, run per family: full budget is vanilla exactly; the pruned
+run equals the shared masked-eager reference (tests/reference.py) given its kept sets; the realized count
+is the same fraction budget/576 of each sample's image tokens (+-1 token); decode continues at the family's
+positions; text-only prompts; two image sizes on Qwen2.5-VL.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from PIL import Image
+
+from harness.engine import PruningEngine
+from harness.families import REFERENCE_TOKENS, family_of, method_overrides, scaled_budget
+from harness.methods import METHOD_CONF, load_method, method_names
+from harness.model import load_model
+from reference import hidden_by_layer, masked_reference
+
+MODEL_CONF = Path(__file__).parents[1] / "conf" / "model"
+FAMILIES = {"llava_next": "tiny_llava_next", "qwen2_5_vl": "tiny_qwen2_5_vl"}
+QUESTION = "what colour is the star ?"
+SIZES = {"llava_next": [(200, 300)], "qwen2_5_vl": [(224, 224), (280, 336)]}  # Qwen: 64 and 120 image tokens
+
+
+def is_pre_llm(name: str) -> bool:
+    return bool(getattr(load_method(name, 64), "pre_llm", False))
+
+
+IN_LLM = [m for m in method_names() if m != "blind" and not is_pre_llm(m)]
+PRE_LLM = [m for m in method_names() if is_pre_llm(m)]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    """(family name, model, processor, model config) of a tiny random model."""
+    cfg = OmegaConf.load(MODEL_CONF / f"{FAMILIES[request.param]}.yaml")
+    model, processor = load_model(request.param, config="tiny", num_layers=cfg.load.num_layers,
+                                  dtype="float32", device="cpu", seed=0)
+    return request.param, model, processor, cfg
+
+
+def make_inputs(processor, cfg, size: tuple[int, int] | None, seed: int = 0) -> dict:
+    if size is None:  # text-only: the template without its image placeholder
+        text = cfg.prompt.replace(f"{cfg.image_placeholder}\n", "").replace(cfg.image_placeholder, "")
+        inputs = dict(processor.tokenizer(text.format(question=QUESTION), return_tensors="pt"))
+    else:
+        rng = np.random.RandomState(seed)
+        image = Image.fromarray((rng.rand(*size, 3) * 255).astype("uint8"))
+        inputs = dict(processor(images=image, text=cfg.prompt.format(question=QUESTION), return_tensors="pt"))
+    inputs.pop("attention_mask", None)
+    return inputs
+
+
+def method_for(name: str, budget, cfg, **extra):
+    """The method as run.py builds it on this model (its config's overrides), plus `extra` where it accepts them."""
+    accepted = inspect.signature(get_class(OmegaConf.load(METHOD_CONF / f"{name}.yaml")._target_)).parameters
+    overrides = {**method_overrides(cfg, name), **{k: v for k, v in extra.items() if k in accepted}}
+    return load_method(name, budget, **overrides)
+
+
+def image_count(model, inputs) -> int:
+    return int((inputs["input_ids"][0] == family_of(model).image_token_id(model)).sum())
+
+
+@pytest.mark.parametrize("name", IN_LLM)
+def test_full_budget_is_exactly_vanilla(family, name):
+    fam, model, processor, cfg = family
+    for size in SIZES[fam]:
+        inputs = make_inputs(processor, cfg, size)
+        n = inputs["input_ids"].shape[1]
+        kwargs = dict(max_new_tokens=3, do_sample=False, output_logits=True)
+        with torch.no_grad():
+            ref = model.generate(**inputs, **kwargs, return_dict_in_generate=True)
+            engine = PruningEngine(model, method_for(name, REFERENCE_TOKENS, cfg))
+            with engine:
+                new_tokens, out = engine.generate(inputs, **kwargs)
+        assert torch.equal(new_tokens, ref.sequences[0, n:])
+        for step, ref_step in zip(out.logits, ref.logits):
+            assert (step - ref_step).abs().max().item() == 0.0
+        assert engine.state.vision_per_layer == [image_count(model, inputs)] * engine.num_layers
+
+
+@pytest.mark.parametrize("name", [m for m in IN_LLM if m != "vanilla"])
+def test_pruned_run_equals_masked_reference_and_realizes_the_fraction(family, name):
+    """Budget 192 (a third of each image): logits and tokens of the masked-eager reference given the kept sets;
+    the mean image tokens per layer is round(192 * V / 576) +-1 for each image size."""
+    fam, model, processor, cfg = family
+    for seed, size in enumerate(SIZES[fam]):
+        inputs = make_inputs(processor, cfg, size, seed)
+        n, v = inputs["input_ids"].shape[1], image_count(model, inputs)
+        method = method_for(name, 192, cfg, positions="original", decode_positions="global", variant="v2")
+        with torch.no_grad():
+            engine = PruningEngine(model, method, record_kept=True)
+            engine.sample_seed = 5
+            with engine:
+                new_tokens, out = engine.generate(inputs, max_new_tokens=3, do_sample=False, output_logits=True)
+        st = engine.state
+        assert st.image_tokens == v
+        assert abs(sum(st.vision_per_layer) / engine.num_layers - scaled_budget(192, v)) <= 1
+        assert scaled_budget(192, v) == round(192 * v / REFERENCE_TOKENS)
+        assert st.kept and min(st.kept) >= 1  # layer 0 always sees the whole prompt
+        hidden = hidden_by_layer(st.kept, st.image_span[:1] + (st.image_span[0] + v,), n, engine.num_layers)
+        ref = masked_reference(model, inputs, hidden, max_new_tokens=3)
+        assert torch.equal(new_tokens, ref.sequences[0, n:])
+        for step, ref_step in zip(out.logits, ref.logits):
+            assert (step - ref_step).abs().max().item() < 1e-4
+
+
+def test_fastv_kept_set_is_the_top_of_eager_attention(family):
+    """FastV's kept set on each family: top-k of layer K-1's last-row eager attention, mean over heads."""
+    fam, model, processor, cfg = family
+    for size in SIZES[fam]:
+        inputs = make_inputs(processor, cfg, size)
+        ids = inputs["input_ids"][0]
+        where = (ids == family_of(model).image_token_id(model)).nonzero().flatten()
+        start, end = int(where[0]), int(where[-1]) + 1
+        method = method_for("fastv", 128, cfg)
+        with torch.no_grad():
+            model.set_attn_implementation({"text_config": "eager"})
+            try:
+                attn = model(**inputs, output_attentions=True).attentions[method.K - 1]  # [1, H, N, N]
+            finally:
+                model.set_attn_implementation({"text_config": "sdpa"})
+            engine = PruningEngine(model, method, record_kept=True)
+            with engine:
+                engine.generate(inputs, max_new_tokens=1, do_sample=False)
+        keep = engine.stages[0].keep
+        scores = attn[0, :, -1, start:end].mean(0)  # [V]
+        expected = sorted(torch.topk(scores, keep).indices.tolist())
+        assert engine.state.kept[method.K] == expected
+
+
+@pytest.mark.parametrize("name", ["fastv", "adaptinfer"])
+def test_per_layer_decode_continues_at_hf_positions_when_nothing_is_pruned(family, name):
+    """decode_positions=per_layer at full budget: each layer's cache is full, so its position is HF's own
+    (Qwen2.5-VL: cache length + rope_deltas); the run is vanilla exactly."""
+    fam, model, processor, cfg = family
+    inputs = make_inputs(processor, cfg, SIZES[fam][-1])
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        ref = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        engine = PruningEngine(model, method_for(name, REFERENCE_TOKENS, cfg, decode_positions="per_layer"))
+        assert engine.decode_positions == "per_layer"
+        with engine:
+            new_tokens, out = engine.generate(inputs, max_new_tokens=4, do_sample=False, output_logits=True)
+    assert torch.equal(new_tokens, ref.sequences[0, n:])
+    for step, ref_step in zip(out.logits, ref.logits):
+        assert (step - ref_step).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["fastv", "sparsevlm", "pdrop"])
+def test_text_only_prompt_is_vanilla(family, name):
+    fam, model, processor, cfg = family
+    inputs = make_inputs(processor, cfg, None)
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        ref = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        engine = PruningEngine(model, method_for(name, 64, cfg))
+        with engine:
+            new_tokens, _ = engine.generate(inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(new_tokens, ref.sequences[0, n:])
+    assert engine.state.image_tokens == 0 and engine.state.vision_per_layer == [0] * engine.num_layers
+
+
+def test_qwen_image_sizes_get_their_own_schedules():
+    """Two image sizes: different token counts, each with the schedule of its own fraction."""
+    cfg = OmegaConf.load(MODEL_CONF / "tiny_qwen2_5_vl.yaml")
+    model, processor = load_model("qwen2_5_vl", config="tiny", num_layers=28, dtype="float32", device="cpu")
+    engine = PruningEngine(model, method_for("fastv", 128, cfg))
+    counts, keeps = [], []
+    with torch.no_grad(), engine:
+        for size in SIZES["qwen2_5_vl"]:
+            inputs = make_inputs(processor, cfg, size)
+            engine.generate(inputs, max_new_tokens=1, do_sample=False)
+            counts.append(engine.state.image_tokens)
+            keeps.append(engine.stages[0].keep)
+            assert abs(sum(engine.state.vision_per_layer) / 28 - round(128 * counts[-1] / 576)) <= 1
+    assert counts == [64, 120] and keeps[0] < keeps[1]
+
+
+@pytest.mark.parametrize("name", PRE_LLM)
+def test_pre_llm_methods_fail_with_one_clear_line(family, name):
+    fam, model, _, cfg = family
+    with pytest.raises(ValueError, match=rf"^{name} .*{fam}"):
+        PruningEngine(model, method_for(name, 64, cfg))
+
+
+def test_compact_positions_are_refused_under_mrope(family):
+    fam, model, _, cfg = family
+    method = load_method("adaptinfer", 64)  # compact by default
+    if fam == "qwen2_5_vl":
+        with pytest.raises(ValueError, match="adaptinfer: positions=compact .* qwen2_5_vl .*method.positions=original"):
+            PruningEngine(model, method)
+    else:
+        assert PruningEngine(model, method).method.positions == "compact"
+
+
+@pytest.mark.parametrize("config,count", [
+    ("llava-v1.6-vicuna-7b-hf", 7_063_431_168),   # LLaVA-1.5-7B's 7,063,427,072 + the 4,096-wide image_newline
+    ("qwen2.5-vl-7b-instruct", 8_292_166_656),    # the hub's parameter count of Qwen/Qwen2.5-VL-7B-Instruct
+])
+def test_7b_architectures_build_offline_with_the_hub_parameter_count(config, count):
+    from transformers import AutoConfig
+
+    from harness.families import family_named
+    from harness.model import ASSETS
+
+    model_config = AutoConfig.from_pretrained(ASSETS / config)
+    family = {"llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}[model_config.model_type]
+    with torch.device("meta"):
+        model = family_named(family).model_class._from_config(model_config)
+    assert sum(p.numel() for p in model.parameters()) == count
