@@ -6,7 +6,7 @@ from transformers import AutoProcessor
 
 from harness.model import ASSETS, load_llava
 from harness.shapes import data
-from harness.shapes.train import generate_answers
+from harness.shapes.heldout import generate_answers
 
 CHECKPOINT = ASSETS / "tiny-llava-shapes"
 

@@ -1,4 +1,5 @@
-"""Training-only pieces of the embedded model's recipe: the lookup block and the bind-phase growth."""
+"""Training-only pieces of the embedded model's recipe: the lookup block, the bind-phase growth, the run
+state and the model card built from it."""
 
 import random
 
@@ -7,18 +8,9 @@ import torch
 
 from harness.model import build_word_processor
 from harness.shapes import data
-from harness.shapes.train import (
-    KIND_PROMPT,
-    Blocks,
-    Layout,
-    Trainer,
-    add_lookup_block,
-    build_sequence,
-    collate,
-    lm_hidden,
-    lm_stage_labels,
-    parse_args,
-)
+from harness.shapes.card import lm_stage_labels
+from harness.shapes.packing import KIND_PROMPT, Blocks, Layout, add_lookup_block, build_sequence, collate, lm_hidden
+from harness.shapes.train import Recipe, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +66,9 @@ def test_lookup_block_absent_when_nothing_is_unique(shapes_processor):
 def test_growth_keeps_the_bind_phase_function(tmp_path):
     """After the bind phase on layers 0-3, the 28 other layers join with zero residual outputs:
     the 32-layer forward equals the 4-layer one, and the new layers then have gradients."""
-    trainer = Trainer(parse_args(["--workdir", str(tmp_path), "--grow-from", "0,1,2,3"]))
-    trainer.state["bind"] = {"end": 0.3}
-    blocks, model = trainer.blocks, trainer.model
+    recipe = Recipe(parse_args(["--workdir", str(tmp_path), "--grow-from", "0,1,2,3"]))
+    recipe.state.bind_end = 0.3
+    blocks, model = recipe.blocks, recipe.model
     torch.manual_seed(0)
     for layer in model.model.language_model.layers:  # away from init, so a skipped layer would matter
         for p in layer.parameters():
@@ -86,10 +78,10 @@ def test_growth_keeps_the_bind_phase_function(tmp_path):
     batch = collate([build_sequence(blocks, kept, [question])], Layout(n_image=96), blocks.pad)
     projected = torch.randn(1, 576, model.config.text_config.hidden_size)
     with torch.no_grad():
-        before, _ = lm_hidden(model, batch, projected, layers=trainer.grow_layers)
+        before, _ = lm_hidden(model, batch, projected, layers=recipe.schedule.grow_layers)
         full, _ = lm_hidden(model, batch, projected)
         assert (before - full).abs().max() > 1e-3  # the other layers change the output before growth
-        trainer.grow()
+        recipe.schedule.grow()
         after, _ = lm_hidden(model, batch, projected)
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     after, _ = lm_hidden(model, batch, projected)
@@ -103,24 +95,24 @@ def test_extend_lm_continues_a_finished_stage(tmp_path):
     keeps the step count and time, and refuses a stage that is still running."""
     small = ["--workdir", str(tmp_path), "--batch-lm", "1", "--questions-per-image", "2", "--log-every", "1",
              "--eval-pope", "1", "--eval-gqa", "1", "--eval-mme", "1", "--eval-robust", "1"]  # fmt: skip
-    trainer = Trainer(parse_args(small))
-    trainer.state.update(stage="done", phase=2, bind={"end": 0.1, "grown": True})
-    trainer.state["step"]["lm"], trainer.clock.offset["lm"] = 50, 600.0
-    trainer.save()
+    recipe = Recipe(parse_args(small))
+    recipe.state.stage, recipe.state.phase, recipe.state.bind_end, recipe.state.grown = "done", 2, 0.1, True
+    recipe.state.step["lm"], recipe.clock.offset["lm"] = 50, 600.0
+    recipe.save()
     with pytest.raises(ValueError, match="--extend-lm"):  # no finished stage to extend
-        Trainer(parse_args(small + ["--workdir", str(tmp_path / "fresh"), "--extend-lm", "1"]))
+        Recipe(parse_args(small + ["--workdir", str(tmp_path / "fresh"), "--extend-lm", "1"]))
 
-    trainer = Trainer(parse_args(small + ["--extend-lm", "0.1", "--lr-extend", "3e-4"]))
-    assert trainer.state["stage"] == "lm" and trainer.extension["start_step"] == 50
-    assert "continued for 0.1 min" in trainer.state["note"]
-    trainer.train_lm()
-    assert trainer.state["stage"] == "final"
-    assert trainer.state["step"]["lm"] > 50 and trainer.state["elapsed"]["lm"] >= 606.0
-    lrs = [r["lr"] for r in trainer.curve.records() if "lr" in r]
+    recipe = Recipe(parse_args(small + ["--extend-lm", "0.1", "--lr-extend", "3e-4"]))
+    assert recipe.state.stage == "lm" and recipe.extension["start_step"] == 50
+    assert "continued for 0.1 min" in recipe.state.notes[-1]
+    recipe.train_lm()
+    assert recipe.state.stage == "final"
+    assert recipe.state.step["lm"] > 50 and recipe.state.elapsed["lm"] >= 606.0
+    lrs = [r["lr"] for r in recipe.curve.records() if "lr" in r]
     assert lrs and 0 < lrs[0] <= 3e-4 / 100 * 1.01  # warm-up from the extension's first step
     assert max(lrs) <= 3e-4
-    assert len(Trainer(parse_args(small + ["--extend-lm", "0.1"])).state["extensions"]) == 2  # finished: a new one
-    assert Trainer(parse_args(small + ["--restart-lm"])).extension is None  # a fresh stage has its own budget
+    assert len(Recipe(parse_args(small + ["--extend-lm", "0.1"])).state.extensions) == 2  # finished: a new one
+    assert Recipe(parse_args(small + ["--restart-lm"])).extension is None  # a fresh stage has its own budget
 
 
 def test_lm_stage_labels_follow_restarts_and_extensions():
