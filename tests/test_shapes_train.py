@@ -1,16 +1,31 @@
 """Training-only pieces of the embedded model's recipe: the lookup block, the bind-phase growth, the run
 state and the model card built from it."""
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from harness.methods.base import Stage
 from harness.model import build_word_processor
 from harness.shapes import data
 from harness.shapes.card import lm_stage_labels
-from harness.shapes.packing import KIND_PROMPT, Blocks, Layout, add_lookup_block, build_sequence, collate, lm_hidden
-from harness.shapes.train import Recipe, parse_args
+from harness.shapes.curriculum import TASKS, decay_progress, warmup_cosine_lr
+from harness.shapes.heldout import ROBUSTNESS_METHODS, random_at_layer2
+from harness.shapes.packing import (
+    KIND_PROMPT,
+    Blocks,
+    Layout,
+    add_lookup_block,
+    build_sequence,
+    collate,
+    lm_hidden,
+)
+from harness.shapes.state import TrainState, load_checkpoint, save_checkpoint
+from harness.shapes.train import Recipe, main, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +137,70 @@ def test_lm_stage_labels_follow_restarts_and_extensions():
     labels = lm_stage_labels([{"step": s} for s in steps], n_discarded=2, extension_steps=[900])
     assert labels == ["1 (discarded)"] * 3 + ["2 (discarded)"] * 2 + ["3"] * 3 + ["3, continued"] * 2
     assert lm_stage_labels([{"step": 5}, {"step": 9}], n_discarded=0, extension_steps=[]) == ["1", "1"]
+
+
+def test_model_card_describes_the_recorded_run_not_todays_flags(tmp_path):
+    """--card-only with other flags still reports the flags the checkpoint was trained with."""
+    work = ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    recipe = Recipe(parse_args(work + ["--batch-lm", "3", "--lr-lm", "0.002"]))
+    recipe.record_run()  # as a training stage does when it starts
+    recipe.save()
+    (tmp_path / "out").mkdir()
+    main(work + ["--card-only", "--batch-lm", "7", "--lr-lm", "0.009"])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "batch 3 images,\n   AdamW 0.002 " in card
+    assert "batch 7" not in card and "0.009" not in card
+
+
+def test_state_reads_the_free_form_dict_of_earlier_checkpoints():
+    """An earlier checkpoint's dict (history as one "; "-joined string, bind phase as a dict, no align
+    stage) loads into the typed record; an unknown key is an error that names it."""
+    legacy = {"stage": "lm", "step": {"vision": 5, "lm": 7}, "images": {"vision": 80, "lm": 28},
+              "elapsed": {"total": 9.0, "vision": 4.0, "lm": 3.0}, "note": "first; second event",
+              "bind": {"end": 0.25, "grown": True}, "args": {"seed": 3}}  # fmt: skip
+    state = TrainState.from_dict(legacy)
+    assert state.notes == ["first", "second event"]
+    assert (state.bind_end, state.grown) == (0.25, True)
+    assert state.step == {"vision": 5, "lm": 7, "align": 0} and state.images["align"] == 0 and state.elapsed["align"] == 0
+    assert state.args == {"seed": 3} and state.task_loss == dict.fromkeys(TASKS, 1.0)
+    with pytest.raises(ValueError, match="unknown keys \\['colour_scale'\\]"):
+        TrainState.from_dict({**legacy, "colour_scale": 3.0})
+
+
+def test_checkpoint_round_trip_keeps_the_record(tmp_path):
+    state = TrainState(stage="align", bind_end=0.1, notes=["a; b"], extensions=[{"start_step": 4}])
+    save_checkpoint(state, {"model": {}, "heads": {}, "torch_rng": torch.get_rng_state()}, tmp_path / "state.pt")
+    loaded, weights = load_checkpoint(tmp_path / "state.pt")
+    assert loaded == state and set(weights) == {"model", "heads", "torch_rng"}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+
+
+def test_importing_the_recipe_has_no_side_effects():
+    """Importing sets no environment variable and registers no attention function; setting up a
+    recipe registers the packed attention."""
+    code = ("import os, harness.shapes.train; from transformers import AttentionInterface; "
+            "print('OMP_WAIT_POLICY' in os.environ, 'prunebench_packed' in AttentionInterface._global_mapping)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_one_lr_formula_hand_values():
+    """Linear warm-up times a cosine from 1 to 0.1 of the peak (progress clipped at 1)."""
+    assert warmup_cosine_lr(1e-3, 1, 100, 0.0) == pytest.approx(1e-5)
+    assert warmup_cosine_lr(1e-3, 100, 100, 0.0) == 1e-3
+    assert warmup_cosine_lr(1e-3, 500, 100, 0.5) == pytest.approx(1e-3 * (0.1 + 0.45))
+    assert warmup_cosine_lr(1e-3, 500, 100, 1.0) == pytest.approx(1e-4)
+    assert warmup_cosine_lr(1e-3, 500, 100, 3.0) == pytest.approx(1e-4)
+    assert decay_progress(None, 0.9) == 0.0 and decay_progress(0.4, 0.7) == pytest.approx(0.5)
+
+
+def test_robustness_rows_use_the_harness_random_method():
+    """The L2 rows keep exactly 192 / 32 image tokens entering layer 2 on the 32-layer model."""
+    for mode, keep in (("L2_random192_original", 192), ("L2_random192_compact", 192), ("L2_random32_original", 32)):
+        method = ROBUSTNESS_METHODS[mode]()
+        assert method.schedule(32, 576) == [Stage(1, keep)], mode
+        assert method.positions == mode.rsplit("_", 1)[1]
+    assert ROBUSTNESS_METHODS["pre_random32_compact"]().pre_llm
+    with pytest.raises(ValueError, match="keep=33"):
+        random_at_layer2(33, "original")
