@@ -9,23 +9,16 @@ On a machine shared with other torch processes, run it with `OMP_WAIT_POLICY=PAS
 environment (it must be set before torch is imported): spinning OpenMP threads of concurrent
 processes slow each other down several-fold.
 
-The model is transformers' `LlavaForConditionalGeneration` (CLIP tower 128 x 4 layers, 336 px / patch
-14 -> 576 image tokens; GELU projector 128 -> 64 -> 64; Llama 64 wide x 32 layers x 2 heads, tied
-embeddings, ~2.5 M parameters, fp32; `tiny.py`). A recipe in three stages over one run state
-(`state.py`, resumable from `--workdir/state.pt`, written atomically every `--checkpoint-minutes`):
+Stages over one run state (`state.py`; resumable from `--workdir/state.pt`, written atomically every
+`--checkpoint-minutes`), on the tiny LLaVA of `tiny.py`:
 
-1. vision (`supervision.py`): the tower and projector alone, densely supervised: linear heads on
-   the layer -2 patch features (and on the projector output) predict per patch the colour, shape
-   and size of the covering object, the patch's own row and column and whether it is the object's
-   first evidence patch; CLS heads predict the (colour, shape) pairs and the object count. Then
-   align: the projector is re-fitted to a fixed code of each patch's attributes (`patch_code`).
-2. lm (`packing.py`, `curriculum.py`): tower and projector frozen; the language model is trained on
-   the answer tokens of packed sequences (`<s> USER:` + an image block + ~12 question blocks, each
-   seeing the prefix, the image and itself), first a bind phase on colour / shape questions, then a
-   curriculum from 96 image tokens to every layout pruning produces (subsets, compact positions,
-   text shifts, a switch to a smaller subset at a random decoder layer, the full image).
-3. final (`heldout.py`, `card.py`): held-out evaluation, vanilla and through the harness's pruning
-   engine with its random method, then the HF checkpoint, processor and model card in `--out`.
+1. vision, then align (`supervision.py`): the tower and projector alone, densely supervised per
+   patch; then the projector is re-fitted to a fixed code of each patch's attributes.
+2. lm (`packing.py`, `curriculum.py`): the language model on packed sequences (an image block +
+   ~12 question blocks), a bind phase on colour / shape questions, then a curriculum from 96 image
+   tokens to every layout pruning produces.
+3. final (`heldout.py`, `export.py`, `card.py`): held-out evaluation, vanilla and through the
+   harness's pruning engine with its random method; HF checkpoint, processor and model card in `--out`.
 
 The learning curve goes to `--workdir/curve.jsonl` (and `--out/training_curve.jsonl`). The LLM's
 attention is never supervised: that would build one pruning method's criterion into the model.
@@ -44,18 +37,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness.model import build_word_processor
-from harness.shapes import data
+from harness.shapes import curriculum, data, supervision
 from harness.shapes.card import model_card
 from harness.shapes.checks import run_checks
-from harness.shapes.curriculum import (
-    BIND_TASKS,
-    LMSchedule,
-    curriculum,
-    make_sequences,
-    question_pool,
-    task_weights,
-    warmup_cosine_lr,
-)
+from harness.shapes.curriculum import LMSchedule
 from harness.shapes.export import export, write_card
 from harness.shapes.heldout import (
     eval_items,
@@ -79,16 +64,6 @@ from harness.shapes.state import (
     load_checkpoint,
     save_checkpoint,
 )
-from harness.shapes.supervision import (
-    PATCH_HEADS,
-    VisionHeads,
-    code_accuracy,
-    code_targets,
-    patch_code,
-    vision_accuracy,
-    vision_batch_labels,
-    vision_loss,
-)
 from harness.shapes.tiny import N_PATCHES, build_model, pixel_values, tower_hidden
 
 
@@ -106,7 +81,7 @@ class Recipe:
         self.model = build_model(self.processor, args.seed)
         self.model.set_attn_implementation({"text_config": register_packed_attention()})  # == SDPA, faster packed
         tower_dim = self.model.config.vision_config.hidden_size
-        self.heads = VisionHeads(tower_dim, self.model.config.text_config.hidden_size)
+        self.heads = supervision.VisionHeads(tower_dim, self.model.config.text_config.hidden_size)
         self.scoring = load_scoring()
         self.state = TrainState(args=vars(args))
         if self.state_path.exists():
@@ -204,7 +179,7 @@ class Recipe:
         heldout = []
         for _ in range(args.vision_heldout // 16):
             chunk = [next(heldout_stream) for _ in range(16)]
-            heldout.append((pixel_values([c[0] for c in chunk], self.processor), vision_batch_labels([c[1] for c in chunk])))
+            heldout.append((pixel_values([c[0] for c in chunk], self.processor), supervision.vision_batch_labels([c[1] for c in chunk])))
         stream = self.stream("vision", args.seed)
         model.train()
         self.clock.begin("vision")
@@ -213,12 +188,12 @@ class Recipe:
         while self.clock.stage("vision") < budget:
             step = self.state.step["vision"]
             fraction = self.clock.stage("vision") / budget
-            lr = warmup_cosine_lr(args.lr_vision, step + 1, 50, fraction)
+            lr = curriculum.warmup_cosine_lr(args.lr_vision, step + 1, 50, fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = self.take(stream, "vision", args.batch_vision)
             pixels = pixel_values([b[0] for b in batch], self.processor)
-            loss, _ = vision_loss(model, heads, pixels, vision_batch_labels([b[1] for b in batch]))
+            loss, _ = supervision.vision_loss(model, heads, pixels, supervision.vision_batch_labels([b[1] for b in batch]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -231,12 +206,12 @@ class Recipe:
             done = False
             if (step + 1) % args.vision_eval_every == 0:
                 model.eval()
-                accuracy = vision_accuracy(model, heads, heldout)
+                accuracy = supervision.vision_accuracy(model, heads, heldout)
                 model.train()
                 record["eval"] = {k: round(v, 4) for k, v in accuracy.items()}
                 self.state.last_eval = record["eval"]
                 tqdm.write(f"[vision step {step + 1}] " + " ".join(f"{k}={v:.4f}" for k, v in accuracy.items() if not k.endswith("_all")))
-                done = all(accuracy[f"patch_{name}"] >= args.vision_target for name in PATCH_HEADS)
+                done = all(accuracy[f"patch_{name}"] >= args.vision_target for name in supervision.PATCH_HEADS)
             if (step + 1) % args.log_every == 0 or "eval" in record:
                 self.curve.log(record)
             if done:
@@ -245,7 +220,7 @@ class Recipe:
             self.maybe_save(optimizer)
         bar.close()
         model.eval()
-        accuracy = vision_accuracy(model, heads, heldout)
+        accuracy = supervision.vision_accuracy(model, heads, heldout)
         self.log(stage="vision", eval={k: round(v, 4) for k, v in accuracy.items()}, final=True)
         self.state.vision_final = accuracy
         tqdm.write("vision stage done: " + json.dumps({k: round(v, 4) for k, v in accuracy.items()}))
@@ -271,7 +246,7 @@ class Recipe:
                 layer.reset_parameters()
         model.model.vision_tower.requires_grad_(False)
         projector.requires_grad_(True)
-        code = patch_code(args.seed, model.config.text_config.hidden_size)
+        code = supervision.patch_code(args.seed, model.config.text_config.hidden_size)
         optimizer = torch.optim.AdamW(projector.parameters(), lr=args.lr_align, weight_decay=0.0)
         if self.state.optimizer is not None:
             optimizer.load_state_dict(self.state.optimizer)
@@ -283,7 +258,7 @@ class Recipe:
         # otherwise) and the scale is folded into linear_1 at the end
         scale = self.state.align_scale = self.state.align_scale or held_features.std().item()
         held_features = held_features / scale
-        held_labels = vision_batch_labels([h[1] for h in held])
+        held_labels = supervision.vision_batch_labels([h[1] for h in held])
         stream = self.stream("align", args.seed + 2)
         self.clock.begin("align")
         bar = tqdm(total=int(budget), initial=int(min(budget, self.clock.stage("align"))), desc="align", unit="s",
@@ -291,14 +266,14 @@ class Recipe:
         while self.clock.stage("align") < budget:
             step = self.state.step["align"]
             fraction = self.clock.stage("align") / budget
-            lr = warmup_cosine_lr(args.lr_align, step + 1, 20, fraction)
+            lr = curriculum.warmup_cosine_lr(args.lr_align, step + 1, 20, fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = self.take(stream, "align", args.batch_vision)
             with torch.no_grad():
                 features = tower_hidden(model, pixel_values([b[0] for b in batch], self.processor))[:, 1:] / scale
-            labels = vision_batch_labels([b[1] for b in batch])
-            target = code_targets(code, labels)  # [B, 576, dim]
+            labels = supervision.vision_batch_labels([b[1] for b in batch])
+            target = supervision.code_targets(code, labels)  # [B, 576, dim]
             weight = 1.0 + 4.0 * (labels["colour"] > 0).float()  # [B, 576]
             error = (projector(features) - target).pow(2).sum(-1)  # [B, 576]
             loss = (error * weight).sum() / weight.sum()
@@ -310,7 +285,7 @@ class Recipe:
             bar.set_postfix(loss=f"{loss.item():.3f}", step=step + 1, refresh=False)
             record = {"step": step + 1, "stage": "align", "elapsed": round(self.clock.total(), 1), "loss": round(loss.item(), 4), "lr": lr}
             if (step + 1) % 50 == 0:
-                record["eval"] = {k: round(v, 4) for k, v in code_accuracy(projector(held_features), code, held_labels).items()}
+                record["eval"] = {k: round(v, 4) for k, v in supervision.code_accuracy(projector(held_features), code, held_labels).items()}
                 tqdm.write(f"[align step {step + 1}] " + json.dumps(record["eval"]))
             if (step + 1) % args.log_every == 0 or "eval" in record:
                 self.curve.log(record)
@@ -318,8 +293,8 @@ class Recipe:
         bar.close()
         with torch.no_grad():
             projected = projector(held_features)
-        accuracy = code_accuracy(projected, code, held_labels)
-        target = code_targets(code, held_labels)  # [B, 576, dim]
+        accuracy = supervision.code_accuracy(projected, code, held_labels)
+        target = supervision.code_targets(code, held_labels)  # [B, 576, dim]
         accuracy["code_r2"] = 1 - ((projected - target).pow(2).sum() / target.var(dim=(0, 1)).sum() / projected[..., 0].numel()).item()
         self.log(stage="align", eval={k: round(v, 4) for k, v in accuracy.items()}, final=True)
         self.state.align_final = accuracy
@@ -347,7 +322,7 @@ class Recipe:
         optimizer = torch.optim.AdamW(params, lr=args.lr_lm, betas=(0.9, 0.95), weight_decay=0.01)
         if self.state.optimizer is not None:
             optimizer.load_state_dict(self.state.optimizer)
-        code = patch_code(args.seed, model.config.text_config.hidden_size)
+        code = supervision.patch_code(args.seed, model.config.text_config.hidden_size)
         items = eval_items(args.eval_pope, args.eval_gqa, args.eval_mme)
         robust_items = [item for item in items if item["family"] == "gqa"][: args.eval_robust]
         stream = self.stream("lm", args.seed + 1)
@@ -375,20 +350,20 @@ class Recipe:
                 layout = Layout(n_image=96)
             else:
                 self.schedule.advance_phase(fraction)
-                layout = curriculum(self.state.phase, random.Random(f"layout:{args.seed}:{step}"))
+                layout = curriculum.curriculum(self.state.phase, random.Random(f"layout:{args.seed}:{step}"))
             first_image = self.state.images["lm"]
             batch_items = self.take(stream, "lm", args.batch_lm)
             rngs = [random.Random(f"image:{args.seed}:{first_image + i}") for i in range(len(batch_items))]
-            pools = [(scene, question_pool(scene, qas, rng)) for (_, scene, qas), rng in zip(batch_items, rngs)]
-            seqs = make_sequences(self.blocks, layout, pools, task_weights(self.state.task_loss), args.questions_per_image, rngs,
-                                  tasks=BIND_TASKS if binding else None, lookup=args.lookup)  # fmt: skip
+            pools = [(scene, curriculum.question_pool(scene, qas, rng)) for (_, scene, qas), rng in zip(batch_items, rngs)]
+            seqs = curriculum.make_sequences(self.blocks, layout, pools, curriculum.task_weights(self.state.task_loss), args.questions_per_image, rngs,
+                                  tasks=curriculum.BIND_TASKS if binding else None, lookup=args.lookup)  # fmt: skip
             batch = collate(seqs, layout, self.blocks.pad)
             model.train()
             with torch.no_grad():
                 features = tower_hidden(model, pixel_values([b[0] for b in batch_items], self.processor))[:, 1:]
             projected = model.model.multi_modal_projector(features)  # [B, 576, 64]
             if teacher > 0:  # blend toward the patch code the projector was fitted to
-                target = code_targets(code, vision_batch_labels([b[1] for b in batch_items]))  # [B, 576, 64]
+                target = supervision.code_targets(code, supervision.vision_batch_labels([b[1] for b in batch_items]))  # [B, 576, 64]
                 projected = teacher * target + (1.0 - teacher) * projected
             hidden, labels = lm_hidden(model, batch, projected, layers=(self.schedule.grow_layers or None) if binding else None)
             selected = labels != -100
