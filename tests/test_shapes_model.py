@@ -6,7 +6,7 @@ from transformers import AutoProcessor
 
 from harness.model import ASSETS, load_llava
 from harness.shapes import data
-from harness.shapes.train import generate_answers
+from harness.shapes.heldout import generate_answers, robustness_answers
 
 CHECKPOINT = ASSETS / "tiny-llava-shapes"
 
@@ -53,3 +53,17 @@ def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
         assert sum(right) / len(right) >= floor, (kind, right)
     assert accuracy >= 0.7, accuracy
     assert accuracy - accuracy_swapped >= 0.5, (accuracy, accuracy_swapped)
+
+
+def test_robustness_rows_run_through_the_engine(shapes_model, gqa_items):
+    """The model card's robustness rows run the harness's engine: with nothing pruned it answers as
+    `generate` does, and keeping 32 random tokens from layer 2 costs accuracy."""
+    model, processor = shapes_model
+    items = gqa_items[:20]
+    vanilla = generate_answers(model, processor, items)
+    assert robustness_answers(model, processor, items, "full_engine", seed=0) == vanilla
+    pruned = robustness_answers(model, processor, items, "L2_random32_original", seed=0)
+    assert pruned == robustness_answers(model, processor, items, "L2_random32_original", seed=0)  # seeded
+    right = lambda answers: sum(a == item["answer"] for a, item in zip(answers, items))
+    assert right(pruned) < right(vanilla)
+    assert model.config.text_config._attn_implementation == "sdpa"  # restored after the engine
