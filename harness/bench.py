@@ -1,10 +1,13 @@
-"""Performance benchmark: what each method buys in latency on the real LLaVA-1.5-7B architecture.
+"""Performance benchmark: what each method buys in latency on a real 7B architecture.
 
-    python -m harness.bench                       # 7B architecture, random bf16 weights on CPU (fp16 on CUDA)
+    python -m harness.bench                       # LLaVA-1.5-7B architecture, random bf16 weights on CPU (fp16 on CUDA)
+    python -m harness.bench model=llava_next_7b     # LLaVA-NeXT-7B architecture (2,928 image tokens), random weights
+    python -m harness.bench model=qwen2_5_vl_7b     # Qwen2.5-VL-7B architecture (576 image tokens), random weights
     python -m harness.bench --quick               # tiny model, 2 budgets, 1 repetition (smoke test)
     python -m harness.bench methods=[fastv,adaptinfer] budgets=[64] reps=5
 
-A fixed prompt (576 image tokens + a GQA-length question) is timed for vanilla and every method at
+A fixed prompt (one image: 576 tokens on LLaVA-1.5 and Qwen2.5-VL at 672 px, 2,928 on LLaVA-NeXT at 672 px;
+a GQA-length question) is timed for vanilla and every method at
 every budget in one process, after warm-up, with repetitions interleaved (vanilla, m1@b1, ..., then
 again), so machine drift affects all configurations alike. Writes `<out>/bench.json` and `bench.md`.
 """
@@ -24,6 +27,7 @@ from tqdm import tqdm
 
 from harness.budget import prefill_flops
 from harness.engine import PruningEngine
+from harness.families import family_of, method_overrides
 from harness.methods import METHOD_CONF, load_method
 from harness.results import write_report
 from harness.runner import versions
@@ -33,29 +37,27 @@ from harness.timing import Clock, FirstLogits, peak_memory, reset_peak_memory
 INSTRUCTION = "What colour is the object on the left? Answer with one word."  # for methods that read the text
 
 
+SPECIAL_IDS = ("image_token_index", "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
 def fixed_prompt(model, question_tokens: int, prefix_tokens: int, seed: int = 0) -> dict:
-    """input_ids `[1, prefix + 576 + question]` with one image block, and seeded pixel values."""
+    """input_ids `[1, prefix + image block + question]` with one image of the family's benchmark size, seeded pixels."""
     config = model.config
-    vision = config.vision_config
-    n_image = (vision.image_size // vision.patch_size) ** 2
     gen = torch.Generator().manual_seed(seed)
     text = torch.randint(8, config.text_config.vocab_size, (prefix_tokens + question_tokens,), generator=gen)
-    text[text == config.image_token_index] = 8  # ordinary tokens only (ids < 8 are special in the word tokenizers)
-    image = torch.full((n_image,), config.image_token_index)
-    ids = torch.cat([torch.tensor([1]), text[:prefix_tokens], image, text[prefix_tokens:]])[None]
+    for key in SPECIAL_IDS:  # ordinary tokens only (ids < 8 are special in the word tokenizers)
+        if getattr(config, key, None) is not None:
+            text[text == getattr(config, key)] = 8
+    inputs = family_of(model).synthetic_inputs(model, text, prefix_tokens, gen)
     device = next(model.parameters()).device
-    pixels = torch.randn(1, 3, vision.image_size, vision.image_size, generator=gen)
-    return {"input_ids": ids.to(device), "pixel_values": pixels.to(device, model.dtype)}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
 
 
-def vision_flops(model) -> float:
-    """Analytic FLOPs of the CLIP tower (all layers, GELU MLP) and the projector for one image."""
-    vision, text = model.config.vision_config, model.config.text_config
-    n = (vision.image_size // vision.patch_size) ** 2 + 1
-    d, m = vision.hidden_size, vision.intermediate_size
-    tower = vision.num_hidden_layers * 2.0 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
-    projector = 2.0 * (n - 1) * (d * text.hidden_size + text.hidden_size * text.hidden_size)
-    return tower + projector
+def vision_flops(model, inputs: dict) -> float:
+    """Analytic FLOPs of the vision tower and the projector for the image of `inputs` (per family)."""
+    return family_of(model).vision_flops(model, inputs)
 
 
 def time_once(engine: PruningEngine, inputs: dict, new_tokens: int, clock: Clock) -> dict:
@@ -93,9 +95,17 @@ def run_bench(cfg: DictConfig) -> dict:
         raise ValueError(f"methods {missing} have no config in {METHOD_CONF} (known: {sorted(p.stem for p in METHOD_CONF.glob('*.yaml'))})")
     methods = [m for m in cfg.methods if m not in ("vanilla", "blind")]
     configs = [("vanilla", None)] + [(m, b) for b in cfg.budgets for m in methods]
-    engines = {}
+    engines, skipped = {}, {}
     for name, budget in configs:
-        engines[(name, budget)] = PruningEngine(model, load_method(name, budget or 576), time_scoring=True)
+        try:
+            method = load_method(name, budget or 576, **method_overrides(cfg.model, name))
+            engines[(name, budget)] = PruningEngine(model, method, time_scoring=True)
+        except ValueError as exc:  # a method that cannot run on this family: one line, the others still run
+            if name in skipped or "model family" not in str(exc) and "vision tower" not in str(exc):
+                raise
+            skipped[name] = str(exc)
+            print(f"skipped: {exc}", file=sys.stderr)
+    configs = [key for key in configs if key in engines]
     runs: dict[tuple, list[dict]] = {key: [] for key in configs}
     with torch.no_grad():
         warm = configs if cfg.warmup_all else configs[:1]  # every code path, or vanilla only (CPU: the weights)
@@ -110,7 +120,7 @@ def run_bench(cfg: DictConfig) -> dict:
             peak = peak_memory(device)[0]
             runs[key].append({**record, "peak_bytes": peak, "peak_above_start_bytes": peak - start})  # above: activations + cache
 
-    vision = vision_flops(model)
+    vision = vision_flops(model, inputs)
     vanilla_llm = prefill_flops(runs[configs[0]][0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
     vanilla_prefill = float(np.median([r["prefill_ms"] for r in runs[configs[0]]]))
     rows = []
@@ -146,6 +156,8 @@ def run_bench(cfg: DictConfig) -> dict:
         "timer": clock.name,
         "threads": torch.get_num_threads(),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "image_tokens": int(runs[configs[0]][0]["vision_per_layer"][0]),
+        "skipped": skipped,
         "new_tokens": cfg.new_tokens,
         "reps": cfg.reps,
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()},
@@ -160,7 +172,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# Benchmark: {report['model']} ({report['dtype']}, {report['device']}, timer {report['timer']})",
         "",
-        (f"Prompt {report['prompt_tokens']} tokens (576 image), {report['new_tokens']} new tokens, "
+        (f"Prompt {report['prompt_tokens']} tokens ({report.get('image_tokens', 576)} image), "
+        f"{report['new_tokens']} new tokens, "
         f"median of {report['reps']} interleaved repetitions, {report['date']}."),
         "",
         "| method | budget | tokens | prefill ms | speedup | ideal | ratio | scoring % | decode ms/tok | KV MB | peak +MB |",
@@ -173,6 +186,7 @@ def to_markdown(report: dict) -> str:
             f"{100 * r['scoring_share']:.2f} | {r['decode_ms_per_token']:.1f} | {r['kv_cache_bytes'] / 2**20:.1f} | "
             f"{r['peak_above_start_bytes'] / 2**20:.1f} |"
         )
+    lines += ["", *[f"Not run on this model: {reason}" for reason in report.get("skipped", {}).values()]]
     lines += [
         "",
         ("speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "

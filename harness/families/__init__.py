@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from torch import nn
 
 REFERENCE_TOKENS = 576  # LLaVA-1.5's image tokens: budgets are fractions of this on other families
@@ -42,6 +43,15 @@ class ModelFamily(Protocol):
 
     def decode_offset(self, model: nn.Module) -> int:
         """What HF adds to a cache length to get a generated token's position (Qwen2.5-VL: rope_deltas)."""
+        ...
+
+    def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,
+                         generator: torch.Generator) -> dict:
+        """Benchmark inputs: `text` ids `[T]` around one image of this family's benchmark size, random pixels."""
+        ...
+
+    def vision_flops(self, model: nn.Module, inputs: dict) -> float:
+        """Analytic FLOPs of the vision tower and projector for the image in `inputs`."""
         ...
 
     def tiny(self, words: list[str], num_layers: int):

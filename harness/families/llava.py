@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
@@ -31,6 +32,19 @@ class Llava:
     def decode_offset(self, model: nn.Module) -> int:
         return 0
 
+    def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,
+                         generator: torch.Generator) -> dict:
+        """`<s>`, prefix, the 576-token image block, question; one image of the tower's size."""
+        config = model.config
+        vision = config.vision_config
+        image = torch.full((self.image_tokens(model),), config.image_token_index)
+        ids = torch.cat([torch.tensor([1]), text[:prefix_tokens], image, text[prefix_tokens:]])[None]
+        pixels = torch.randn(1, 3, vision.image_size, vision.image_size, generator=generator)
+        return {"input_ids": ids, "pixel_values": pixels}
+
+    def vision_flops(self, model: nn.Module, inputs: dict) -> float:
+        return clip_flops(model, crops=1, features=self.image_tokens(model))
+
     def tiny(self, words: list[str], num_layers: int = 32):
         from harness.model import IMAGE_TOKEN, build_word_processor, tiny_config
 
@@ -43,3 +57,13 @@ class Llava:
 
 
 LLAVA = Llava()
+
+
+def clip_flops(model: nn.Module, crops: int, features: int) -> float:
+    """CLIP tower FLOPs (all layers, GELU MLP) over `crops` views, plus the 2-layer projector on `features` tokens."""
+    vision, text = model.config.vision_config, model.config.text_config
+    n = (vision.image_size // vision.patch_size) ** 2 + 1
+    d, m = vision.hidden_size, vision.intermediate_size
+    tower = vision.num_hidden_layers * 2.0 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+    projector = 2.0 * features * (d * text.hidden_size + text.hidden_size * text.hidden_size)
+    return crops * tower + projector

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import LlavaNextForConditionalGeneration
 
 from harness.families import REFERENCE_TOKENS
+from harness.families.llava import clip_flops
+
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,31 @@ class LlavaNext:
 
     def decode_offset(self, model: nn.Module) -> int:
         return 0
+
+    def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,
+                         generator: torch.Generator) -> dict:
+        """One square image of the largest square grid (672 px on LLaVA-v1.6: 2x2 tiles, 576 + 2,304 features + 48
+        row separators = 2,928 tokens); its packed count comes from the model itself."""
+        config = model.config
+        side = config.vision_config.image_size
+        image_px = max(h for h, w in config.image_grid_pinpoints if h == w)  # the largest square grid (672 px)
+        grid = image_px // side
+        pixels = torch.randn(1, 1 + grid * grid, 3, side, side, generator=generator)  # base view + tiles
+        sizes = torch.tensor([[image_px, image_px]])
+        device, dtype = next(model.parameters()).device, model.dtype
+        with torch.no_grad():
+            features = model.model.get_image_features(
+                pixel_values=pixels.to(device, dtype), image_sizes=sizes.to(device),
+                vision_feature_layer=config.vision_feature_layer,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+            ).pooler_output
+        image = torch.full((features[0].shape[0],), config.image_token_index)
+        ids = torch.cat([torch.tensor([1]), text[:prefix_tokens], image, text[prefix_tokens:]])[None]
+        return {"input_ids": ids, "pixel_values": pixels, "image_sizes": sizes}
+
+    def vision_flops(self, model: nn.Module, inputs: dict) -> float:
+        features = int((inputs["input_ids"] == model.config.image_token_index).sum())
+        return clip_flops(model, crops=inputs["pixel_values"].shape[1], features=features)
 
     def tiny(self, words: list[str], num_layers: int = 32):
         return tiny(words, num_layers)

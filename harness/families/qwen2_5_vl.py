@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from harness.families import REFERENCE_TOKENS
+
+BENCH_IMAGE = 672  # a square 672 px image: 48 x 48 patches, merged 2x2 -> 576 image tokens
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,32 @@ class Qwen2_5_VL:
     def decode_offset(self, model: nn.Module) -> int:
         deltas = model.model.rope_deltas  # [B, 1] from the prefill's get_rope_index
         return 0 if deltas is None else int(deltas[0, 0])
+
+    def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,
+                         generator: torch.Generator) -> dict:
+        """prefix, `<|vision_start|>`, the image pads of one `BENCH_IMAGE` px square image, `<|vision_end|>`, question."""
+        config, vision = model.config, model.config.vision_config
+        side = BENCH_IMAGE // vision.patch_size  # patches per side
+        merge = vision.spatial_merge_size
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        pixels = torch.randn(side * side, patch_dim, generator=generator)  # [patches, 3 * 2 * 14 * 14]
+        image = torch.full((side * side // merge**2,), config.image_token_id)
+        ids = torch.cat([text[:prefix_tokens], torch.tensor([config.vision_start_token_id]), image,
+                         torch.tensor([config.vision_end_token_id]), text[prefix_tokens:]])[None]
+        return {"input_ids": ids, "pixel_values": pixels, "image_grid_thw": torch.tensor([[1, side, side]])}
+
+    def vision_flops(self, model: nn.Module, inputs: dict) -> float:
+        """Window-attention ViT (SwiGLU MLP, full attention in `fullatt_block_indexes`) and the 2x2 patch merger."""
+        vision = model.config.vision_config
+        n = int(inputs["image_grid_thw"].prod())  # patches
+        d, m, merge = vision.hidden_size, vision.intermediate_size, vision.spatial_merge_size
+        window = min(n, (vision.window_size // vision.patch_size) ** 2)  # tokens a windowed query sees
+        full = len(vision.fullatt_block_indexes)
+        per_layer = 4 * n * d * d + 3 * n * d * m
+        attention = full * 2 * n * n * d + (vision.depth - full) * 2 * n * window * d
+        merged, wide = n // merge**2, d * merge**2
+        merger = merged * (wide * wide + wide * vision.out_hidden_size)
+        return 2.0 * (vision.depth * per_layer + attention + merger)
 
     def tiny(self, words: list[str], num_layers: int = 28):
         return tiny(words, num_layers)
