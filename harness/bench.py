@@ -33,7 +33,6 @@ from harness.results import write_report
 from harness.runner import versions
 from harness.timing import Clock, FirstLogits, peak_memory, reset_peak_memory
 
-
 INSTRUCTION = "What colour is the object on the left? Answer with one word."  # for methods that read the text
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from reference import HIDDEN
+from reference import NAME as MASKED_EAGER
 
 from harness.engine import PruningEngine
 from harness.methods import load_method
-
 
 V = 576  # budget = 576 equals vanilla for every method: tests/test_methods.py
 
@@ -21,29 +18,7 @@ def image_span(inputs, model) -> tuple[int, int]:
     return int(where[0]), int(where[-1]) + 1
 
 
-# ------------------------------------------------------------------ reference attention: eager + hidden columns
-HIDDEN: dict[int, torch.Tensor] = {}  # layer -> [N] bool, prompt positions no query may attend to
-
-
-def masked_eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention over the full sequence, hiding HIDDEN[layer] columns from every query."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    q_len, k_len = query.shape[2], key.shape[2]
-    logits = (query @ key.transpose(-1, -2)) * scaling  # [1, H, Q, K]
-    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
-    blocked = torch.arange(k_len)[None, :] > q_pos  # [Q, K] causal
-    hidden = HIDDEN.get(module.layer_idx)
-    if hidden is not None:
-        blocked = blocked | torch.nn.functional.pad(hidden, (0, k_len - hidden.numel()))[None, :]
-    probs = logits.masked_fill(blocked, float("-inf")).softmax(-1)
-    return (probs @ value).transpose(1, 2).contiguous(), probs
-
-
-AttentionInterface.register("test_masked_eager", masked_eager)
-AttentionMaskInterface.register("test_masked_eager", sdpa_mask)
-
-
+# ------------------------------------------------------------------ reference: the shared masked eager attention
 def run_masked_reference(model, inputs, hidden_from_layer: int, hidden_positions: torch.Tensor, max_new_tokens: int):
     """Generate with all tokens present, pruned ones hidden from every query from `hidden_from_layer` on."""
     n = inputs["input_ids"].shape[1]
@@ -51,7 +26,7 @@ def run_masked_reference(model, inputs, hidden_from_layer: int, hidden_positions
     hidden[hidden_positions] = True
     HIDDEN.clear()
     HIDDEN.update({layer: hidden for layer in range(hidden_from_layer, model.config.text_config.num_hidden_layers)})
-    model.set_attn_implementation({"text_config": "test_masked_eager"})
+    model.set_attn_implementation({"text_config": MASKED_EAGER})
     try:
         logits = model(**inputs).logits
         gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

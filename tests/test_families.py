@@ -17,12 +17,17 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 from PIL import Image
+from reference import hidden_by_layer, masked_reference
 
 from harness.engine import PruningEngine
-from harness.families import REFERENCE_TOKENS, family_of, method_overrides, scaled_budget
+from harness.families import (
+    REFERENCE_TOKENS,
+    family_of,
+    method_overrides,
+    scaled_budget,
+)
 from harness.methods import METHOD_CONF, load_method, method_names
 from harness.model import load_model
-from reference import hidden_by_layer, masked_reference
 
 MODEL_CONF = Path(__file__).parents[1] / "conf" / "model"
 FAMILIES = {"llava_next": "tiny_llava_next", "qwen2_5_vl": "tiny_qwen2_5_vl"}
@@ -159,7 +164,7 @@ def test_per_layer_decode_continues_at_hf_positions_when_nothing_is_pruned(famil
 
 @pytest.mark.parametrize("name", ["fastv", "sparsevlm", "pdrop"])
 def test_text_only_prompt_is_vanilla(family, name):
-    fam, model, processor, cfg = family
+    _, model, processor, cfg = family
     inputs = make_inputs(processor, cfg, None)
     n = inputs["input_ids"].shape[1]
     with torch.no_grad():
@@ -195,7 +200,7 @@ def test_pre_llm_methods_fail_with_one_clear_line(family, name):
 
 
 def test_compact_positions_are_refused_under_mrope(family):
-    fam, model, _, cfg = family
+    fam, model, _, _ = family
     method = load_method("adaptinfer", 64)  # compact by default
     if fam == "qwen2_5_vl":
         with pytest.raises(ValueError, match="adaptinfer: positions=compact .* qwen2_5_vl .*method.positions=original"):

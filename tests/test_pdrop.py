@@ -15,9 +15,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from transformers import AttentionInterface
+from reference import HIDDEN
+from reference import NAME as MASKED_EAGER
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from harness.budget import realized_budget
@@ -59,25 +59,6 @@ def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, k).indices).values
 
 
-HIDDEN: dict[int, torch.Tensor] = {}  # layer -> [N] bool: prompt positions no query may attend to
-
-
-def masked_eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention over the full sequence, hiding HIDDEN[layer] columns from every query."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    q_len, k_len = query.shape[2], key.shape[2]
-    logits = (query @ key.transpose(-1, -2)) * scaling  # [1, H, Q, K]
-    blocked = torch.arange(k_len)[None, :] > torch.arange(k_len - q_len, k_len)[:, None]  # [Q, K] causal
-    hidden = HIDDEN.get(module.layer_idx)
-    if hidden is not None:
-        blocked = blocked | torch.nn.functional.pad(hidden, (0, k_len - hidden.numel()))[None, :]
-    probs = logits.masked_fill(blocked, float("-inf")).softmax(-1)
-    return (probs @ value).transpose(1, 2).contiguous(), probs
-
-
-AttentionInterface.register("test_pdrop_masked", masked_eager)
-AttentionMaskInterface.register("test_pdrop_masked", sdpa_mask)
 
 
 # ------------------------------------------------------------------ schedule
@@ -160,7 +141,7 @@ def test_original_positions_match_hand_scores_and_masked_reference(tiny, prompts
             hidden[start + kept[stage.enters]] = False
             last = stages[i + 1].enters if i + 1 < len(stages) else 32
             HIDDEN.update({layer: hidden for layer in range(stage.enters, last)})
-        model.set_attn_implementation({"text_config": "test_pdrop_masked"})
+        model.set_attn_implementation({"text_config": MASKED_EAGER})
         try:
             ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True,
                                      output_hidden_states=True, return_dict_in_generate=True)

@@ -18,7 +18,6 @@ from harness.families import REFERENCE_TOKENS
 from harness.families.llava import clip_flops
 
 
-
 @dataclass(frozen=True)
 class LlavaNext:
     """LLaVA-NeXT: image-token count varies per sample; budgets are fractions budget/576 of it."""
@@ -80,8 +79,13 @@ LLAVA_NEXT = LlavaNext()
 def tiny(words: list[str], num_layers: int = 32):
     """(config, processor) of a tiny random LLaVA-NeXT: CLIP 168 px / patch 14 (144 tokens per view),
     tiles up to 2x2 of 168 px, so an image gives 144 + up to 576 tile features + row separators."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextImageProcessor,
-                              LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     from harness.model import IMAGE_TOKEN, word_tokenizer
 

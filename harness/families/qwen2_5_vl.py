@@ -89,7 +89,12 @@ def tiny(words: list[str], num_layers: int = 28):
 
     An image of h x w pixels (rounded to multiples of 28, within min/max pixels) gives (h/28) * (w/28) tokens.
     """
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     from harness.model import word_tokenizer
 
