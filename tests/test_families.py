@@ -224,3 +224,53 @@ def test_7b_architectures_build_offline_with_the_hub_parameter_count(config, cou
     with torch.device("meta"):
         model = family_named(family).model_class._from_config(model_config)
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+def run_cli(args: list[str], tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "run.py", *args], cwd=MODEL_CONF.parents[1], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(["model=tiny_qwen2_5_vl", "tasks=fixtures", "method=fastv", "budget=64", "limit=1",
+                    "max_new_tokens=3", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    tokens = results["tokens"]
+    assert tokens["budget_label"] == "11.1%" and len(tokens["vision_per_layer"]) == 28
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert all(s["error"] is None for s in samples)
+    for s in samples:  # each sample: round(64 * V / 576) image tokens on average over the layers, +-1
+        assert abs(sum(s["vision_per_layer"]) / 28 - round(64 * s["image_tokens"] / 576)) <= 1
+    fraction = np.mean([np.mean(s["vision_per_layer"]) / s["image_tokens"] for s in samples])
+    assert tokens["realized_fraction"] == pytest.approx(fraction)
+
+
+def test_run_py_refuses_a_method_the_family_cannot_run(tmp_path):
+    proc = run_cli(["model=tiny_qwen2_5_vl", "tasks=fixtures", "method=visionzip", "budget=64", "limit=1",
+                    "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: visionzip reads the vision CLS token's attention; the qwen2_5_vl vision tower has no CLS token")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_bench_prompt_is_one_image_the_model_accepts(family):
+    """harness.bench's fixed prompt on each family: HF's own check that image tokens match the features passes."""
+    from harness.bench import fixed_prompt, vision_flops
+
+    fam, model, _, _ = family
+    inputs = fixed_prompt(model, question_tokens=8, prefix_tokens=4, seed=0)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[1] == inputs["input_ids"].shape[1]
+    assert image_count(model, inputs) == {"llava_next": 744, "qwen2_5_vl": 576}[fam]  # 144 + 4 * 144 + 24 rows; 48^2 / 4
+    assert vision_flops(model, inputs) > 0
