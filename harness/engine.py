@@ -2,8 +2,12 @@
 
 How it works (prefill only, batch 1; ARCHITECTURE.md, "The pruning engine"):
 
-1. A forward pre-hook on `LlavaForConditionalGeneration` sees every call. A call on an empty cache
-   is a prefill: the engine finds the image block from the input ids and resets its state.
+0. What differs between model families (decoder layers, the image token, fixed or per-sample image
+   counts, decode position offsets, what pre-LLM methods may use) comes from `harness/families`; the
+   engine never looks at the model's class. Where the image-token count varies per sample, each sample
+   gets the schedule of its own count at the same fraction budget/576.
+1. A forward pre-hook on the VLM sees every call. A call on an empty cache is a prefill: the engine
+   finds the image block from the input ids and resets its state.
 2. The language model runs on an attention function registered with transformers'
    `AttentionInterface`. It calls the normal SDPA kernel and, at a stage layer, also computes the
    softmax attention of only the query rows the method asks for against all keys: `[H, R, N]`.

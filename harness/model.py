@@ -150,7 +150,7 @@ def load_model(
         family: llava (LLaVA-1.5), llava_next or qwen2_5_vl.
         pretrained: hub id, local directory, or the name of a checkpoint under harness/assets
             (`tiny-llava-shapes`), with weights and processor (`from_pretrained`).
-        config: instead of `pretrained`: "tiny" for the test model, or a directory holding a
+        config: instead of `pretrained`: "tiny" for the family's tiny test model, or a directory holding a
             `config.json` (e.g. `harness/assets/llava-1.5-7b-hf`, or just `llava-1.5-7b-hf`) to build with
             seeded random weights.
             A directory without a tokenizer gives `processor=None`.
@@ -175,25 +175,21 @@ def load_model(
         )
         processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=False)
     else:
-        if config == "tiny" and family == "llava":
-            processor = build_word_processor(TINY_WORDS)
-            vocab = processor.tokenizer.get_vocab()
-            llava_config = tiny_config(len(vocab), vocab[IMAGE_TOKEN], num_layers)
-        elif config == "tiny":
-            llava_config, processor = family_named(family).tiny(TINY_WORDS, num_layers)
+        if config == "tiny":
+            model_config, processor = family_named(family).tiny(TINY_WORDS, num_layers)
         else:
             path = Path(config)
             if not path.is_dir() and (ASSETS / config).is_dir():
                 path = ASSETS / config  # a name under harness/assets
             if not (path / "config.json").is_file():
                 raise ValueError(f"model.config={config!r} is neither 'tiny' nor a directory with a config.json")
-            llava_config = model_class.config_class.from_pretrained(path)
+            model_config = model_class.config_class.from_pretrained(path)
             has_tokenizer = (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
             processor = AutoProcessor.from_pretrained(path) if has_tokenizer else None
-        llava_config._attn_implementation = "sdpa"
+        model_config._attn_implementation = "sdpa"
         torch.manual_seed(seed)
         with torch.device(dev):  # built directly in the target dtype: a 7B model never exists in fp32
-            model = model_class._from_config(llava_config, dtype=torch_dtype)
+            model = model_class._from_config(model_config, dtype=torch_dtype)
     if processor is not None and processor_kwargs:
         set_image_processor(processor.image_processor, processor_kwargs)
     model = model.to(dev).eval()
