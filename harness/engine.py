@@ -1,6 +1,6 @@
 """The pruning engine: the only place that touches transformers internals.
 
-How it works (prefill only, batch 1; ARCHITECTURE.md, "The pruning engine"):
+How it works (prefill only, batch 1; docs/architecture.md, "The data path"):
 
 1. A forward pre-hook on `LlavaForConditionalGeneration` sees every call. A call on an empty cache
    is a prefill: the engine finds the image block from the input ids and resets its state.
