@@ -189,7 +189,7 @@ def to_markdown(report: dict) -> str:
     lines += [
         "",
         ("speedup = vanilla prefill / method prefill (pixels to first-token logits, measured side by side); "
-        "ideal = the same ratio of analytic FLOPs (vision tower + projector + LLM prefill, METHODS.md); "
+        "ideal = the same ratio of analytic FLOPs (vision tower + projector + LLM prefill, docs/methods.md); "
         "ratio = speedup / ideal; scoring % = scoring + selection + gathering time as a share of the pruned prefill "
         "(pre-LLM methods: their selection or merge, and VisionZip's CLS-attention read-out; the tower pass itself is not scoring); "
         f"peak +MB = peak memory of the generate call above the memory in use when it started ({report['peak_kind']}; "

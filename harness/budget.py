@@ -1,7 +1,7 @@
 """Budgets: validation, per-layer image-token counts, realized averages and analytic prefill FLOPs.
 
 The budget B is the *realized* mean over all L decoder layers of the image tokens entering each
-layer during prefill (METHODS.md, "measured, not claimed").
+layer during prefill (docs/methods.md, "Budgets and their accounting").
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def paper_budget(stages: list[Stage], num_layers: int, num_image_tokens: int) ->
     """The accounting of the SparseVLM / AdaptInfer code: a stage layer is counted with the reduced count.
 
     Their code computes layer s on the full set but appends the kept count for layer s itself
-    (METHODS.md, "The published tables undercount").
+    (docs/methods.md, "Budgets and their accounting").
     """
     shifted = [Stage(s.layer, s.keep, s.merged, before=True) for s in stages]  # count layer s itself
     return sum(vision_per_layer(shifted, num_layers, num_image_tokens)) / num_layers
@@ -68,7 +68,10 @@ def check_schedule(
 
 
 def layer_flops(n: int, hidden: int, intermediate: int) -> float:
-    """Prefill FLOPs of one decoder layer with n tokens: projections, attention, SwiGLU MLP (METHODS.md)."""
+    """Prefill FLOPs of one decoder layer with n tokens: projections, attention, SwiGLU MLP.
+
+    See docs/methods.md, "Latency, memory and FLOPs".
+    """
     return 2.0 * (4 * n * hidden**2 + 2 * n**2 * hidden + 3 * n * hidden * intermediate)
 
 

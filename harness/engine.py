@@ -1,6 +1,6 @@
 """The pruning engine: the only place that touches transformers internals.
 
-How it works (prefill only, batch 1; ARCHITECTURE.md, "The pruning engine"):
+How it works (prefill only, batch 1; docs/architecture.md, "The data path"):
 
 0. What differs between model families (decoder layers, the image token, fixed or per-sample image
    counts, decode position offsets, what pre-LLM methods may use) comes from `harness/families`; the

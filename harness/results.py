@@ -1,4 +1,4 @@
-"""results.json and samples.jsonl (the contracts in ARCHITECTURE.md): atomic writes and resume.
+"""results.json and samples.jsonl (the contracts in docs/architecture.md, "Contracts"): atomic writes and resume.
 
 samples.jsonl gets one line per finished sample, flushed and fsync'ed at once, so a crash loses at
 most the sample in flight; a rerun in the same run dir reads it and skips what is done.

@@ -1,4 +1,4 @@
-"""Latency: CUDA events on GPU, perf_counter on CPU (METHODS.md, "Latency protocol").
+"""Latency: CUDA events on GPU, perf_counter on CPU (docs/methods.md, "Latency, memory and FLOPs").
 
 Per sample: prefill = inputs on the device -> first token's logits (vision tower, projector, scoring
 and LLM prefill included); decode per token = (end-to-end - prefill) / (new tokens - 1);

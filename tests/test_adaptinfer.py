@@ -1,4 +1,4 @@
-"""AdaptInfer against the formula of METHODS.md computed directly from full attention matrices."""
+"""AdaptInfer against the formula of docs/methods.md computed directly from full attention matrices."""
 
 from __future__ import annotations
 

@@ -140,18 +140,3 @@ def test_failures_warn_once_and_keep_local_results(tmp_path, monkeypatch, capsys
     assert SECRET not in err + out
     assert (run_dir / "results.json").read_bytes() == before
 
-
-def test_logger_configs_compose():
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        assert compose("config").logger._target_ == "harness.wandb_logger.WandbLogger"  # the default
-        assert compose("config", overrides=["logger=none"]).logger._target_ is None
-        for experiment in ("paper_table", "shapes_table"):
-            cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
-            params = cfg.hydra.sweeper.params
-            assert params.budget == "192,128,64" and "vanilla" in params.method and "blind" in params.method
-        for launcher in ("local", "slurm"):
-            cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
-            assert cfg.hydra.launcher._target_.endswith(("LocalLauncher", "SlurmLauncher"))

@@ -1,7 +1,7 @@
 """What a pruning method is: a schedule of stages and a `select` rule.
 
 A stage `(layer, keep)` takes its scores from the attention of decoder layer `layer` and hands the
-kept set of `keep` image tokens to layer `layer + 1` (METHODS.md, "Stages"). The engine
+kept set of `keep` image tokens to layer `layer + 1` (docs/methods.md, "Budgets and their accounting"). The engine
 (`harness/engine.py`) does everything else; a method only sees tensors.
 """
 

@@ -47,7 +47,7 @@ class FastV:
     def __init__(self, budget: int, K: int = 2, positions: str = "original", decode_positions: str = "global"):
         self.budget = budget
         self.K = K
-        self.positions = positions
+        self.positions = check_choice("method.positions", positions, ("original", "compact"))
         self.decode_positions = check_choice("method.decode_positions", decode_positions, DECODE_POSITIONS)
 
     def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:

@@ -13,7 +13,7 @@ geometric schedule `keep_i = V * lam**(i + 1)` (576 -> 288/144/72 for lam = 0.5)
 Positions: the official code renumbers the remaining tokens contiguously after each stage
 (`position_ids[i, :cur_len] = arange(cur_len)`; in decode it subtracts the dropped counts), so
 `positions: compact` is the default; `original` keeps the RoPE positions of the kept tokens. In decode the
-engine gives the new token the global next position (METHODS.md, "Positions"); the official code instead
+engine gives the new token the global next position (docs/methods.md, "Positions"); the official code instead
 subtracts the dropped counts at each stage layer. Counts are rounded (`round`); the official code truncates
 (`int`), which is the same for ratio 0.5.
 """

@@ -136,7 +136,7 @@ def dpc_knn_merge(x: torch.Tensor, num_clusters: int, k: int | None = None) -> t
 class SparseVLM:
     """SparseVLM (ICML 2025): rater-text attention scores at layers 2/6/15, v1.5 recycling or v2.
 
-    Differences from the official code (METHODS.md, "SparseVLM"; everything else follows it):
+    Differences from the official code (docs/methods.md, "SparseVLM"; everything else follows it):
     - rater relevance is computed in fp32 (the official code: the model dtype); no scaling, as there;
       if no text token is above the mean (e.g. a single text token) all text tokens rate, where the
       official code would average over an empty set;

@@ -26,7 +26,7 @@ Differences from the official code (it works on the vision hidden states before 
   features of its group (target included). Exact reproduction needs the engine to pass the pre-projection vision states of the
   feature layer, `[V+1, d_vision]` with CLS, and the projector (`model.model.multi_modal_projector`).
 - Official `dominant=54` means 53 patches + the CLS token (`dominant_num = dominant - 1`, CLS always
-  kept, projected and fed to the LLM). The projected CLS is not available here either, so, as METHODS.md
+  kept, projected and fed to the LLM). The projected CLS is not available here either, so, as docs/methods.md
   says, the dominant tokens are `n_dominant` patches and no CLS token.
 """
 
