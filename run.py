@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         results = run(cfg, run_dir)
-    except Exception as err:  # noqa: BLE001 - known causes become one line; anything else keeps its traceback
+    except Exception as err:  # known causes become one line; anything else keeps its traceback
         message = explain(err)
         if message is None:
             raise

@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     report = {"jobs": args.jobs, "limit": args.limit, "samples_per_job": samples, "cpus": os.cpu_count(), "rows": rows}
+    command = "`python -m harness.parallel " + " ".join(argv if argv is not None else sys.argv[1:]) + "`"
     lines = [f"# {args.jobs} parallel default runs vs one alone ({samples} samples per job, {os.cpu_count()} CPUs)", "",
-             "`python -m harness.parallel " + " ".join(argv if argv is not None else sys.argv[1:]) + "`", "",
+             command, "",
              "| setting | OMP_NUM_THREADS | OMP_WAIT_POLICY | one job alone (s) | each of N at once (s) | "
              "throughput alone / N at once (samples/s) |", "| --- | ---: | --- | ---: | ---: | ---: |"]
     for row in rows:

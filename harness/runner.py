@@ -6,12 +6,13 @@ build model -> attach method -> lmms-eval on our tasks -> results.json (+ sample
 from __future__ import annotations
 
 import datetime
-from collections import defaultdict
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
+from collections import defaultdict
 from pathlib import Path
 
 import datasets
@@ -153,7 +154,7 @@ def make_logger(cfg: DictConfig):
     check_options("logger", logger_cfg)
     try:
         return instantiate(logger_cfg)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps the logger's own ValueError
         cause = exc.__cause__ or exc
         raise ValueError(str(cause)) from cause
 
@@ -189,7 +190,8 @@ def explain(err: BaseException) -> str | None:
         err = err.__cause__
     if isinstance(err, (ValueError, FileNotFoundError)):
         return str(err)
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.ENOTDIR):
         return (f"cannot write {err.filename or 'the run dir'}: {err.strerror}; free some space or choose a "
                 "writable hydra.run.dir (samples already done are kept and a rerun resumes)")
     return None
@@ -233,7 +235,7 @@ def _pope_splits(results: dict) -> dict[str, list[float]]:
 
 
 def _fmt(value, spec: str = ".2f") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and value != value) else f"{value:{spec}}"
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
 
 
 def _max_suffix(task: str, metric: str, results: dict) -> str:
@@ -309,7 +311,11 @@ def check_identity(cfg: DictConfig, run_dir: Path) -> dict:
     identity = run_identity(cfg)
     path = run_dir / IDENTITY_FILE
     if path.exists():
-        before = json.loads(path.read_text()).get("identity", {})
+        recorded = json.loads(path.read_text())
+        if "identity" not in recorded:
+            raise ValueError(f"run dir {run_dir} was made by an earlier harness version that recorded only "
+                             f"{sorted(recorded)}; start fresh with hydra.run.dir=<new dir> (or delete {run_dir})")
+        before = recorded["identity"]
         changed = [key for key in sorted(set(before) | set(identity)) if before.get(key, "<unset>") != identity.get(key, "<unset>")]
         if changed:
             diffs = "; ".join(f"{key}: {before.get(key, '<unset>')!r} -> {identity.get(key, '<unset>')!r}" for key in changed)

@@ -56,7 +56,7 @@ def _materialise(config, cache) -> dict[str, str]:
         data = instantiate(config)
     except InstantiationException as exc:
         cause = exc.__cause__
-        if isinstance(cause, PermissionError | OSError) and not isinstance(cause, FileNotFoundError):
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):  # not writable, not a dir, full
             raise ValueError(
                 f"cannot write the dataset cache {cause.filename or cache} ({cause.strerror}); set PRUNEBENCH_CACHE "
                 f"(paths.cache, now {cache}) to a writable directory"

@@ -20,7 +20,7 @@ def run_cli(args: list[str], cache: Path, cwd: Path = ROOT) -> subprocess.Comple
     env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
            "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -204,7 +204,25 @@ def test_each_local_launcher_job_gets_its_threads_and_a_passive_wait_policy_befo
     env.update(PRUNEBENCH_CACHE=str(cache), PYTHONPATH=str(ROOT))
     sweep = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=local", *SMALL,
-                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     assert results["latency_ms"]["threads"] == 1 and results["latency_ms"]["omp_wait_policy"] == "PASSIVE"
+
+
+def test_a_full_disk_or_read_only_run_dir_is_one_line():
+    import errno
+
+    from hydra.errors import InstantiationException
+
+    from harness.runner import explain
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/samples.jsonl")
+    assert explain(full).startswith("cannot write /runs/x/samples.jsonl: No space left on device; free some space")
+    read_only = OSError(errno.EROFS, "Read-only file system", "/runs/x/run.json")
+    assert "cannot write /runs/x/run.json: Read-only file system" in explain(read_only)
+    wrapped = InstantiationException("Error in call to target")
+    wrapped.__cause__ = ValueError("budget=9 is unreachable")
+    assert explain(wrapped) == "budget=9 is unreachable"
+    assert explain(RuntimeError("a bug")) is None  # a bug keeps its traceback
