@@ -1,4 +1,4 @@
-"""The run dir: what existed before a run (so a failed run removes only what it created) and its lock.
+"""The run dir: what existed before a run (so a failed run removes only what it created), its lock, its identity.
 
     conf/config.yaml registers `RunDirGuard` as a Hydra callback: before Hydra creates the run dir it
     notes which entries the dir already had (none: the dir did not exist). When a run fails on bad
@@ -7,17 +7,19 @@
     `hydra.run.dir` (even `.`) keeps every file it had.
 
     with RunLock(run_dir):   # one process per run dir; the OS drops the lock when the process dies
-        ...
+        check_identity(cfg, run_dir)   # run.json: a resume must match every setting that changes an answer
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 LOCK_NAME = ".prunebench.lock"
 NEW_SWEEP_ENV = "PRUNEBENCH_NEW_SWEEP_DIR"  # set for the jobs of a multirun whose sweep dir this run created
@@ -93,6 +95,111 @@ def restore_hydra_config(run_dir: str | Path) -> None:
     """Put back the `.hydra/*.yaml` of the run that was in `run_dir`: a refused run must not describe itself there."""
     for path, content in _hydra_files.get(_key(run_dir), {}).items():
         path.write_bytes(content)
+
+
+IDENTITY_FILE = "run.json"
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """Everything that can change a sample's answer or record, flattened to `dotted.key: value`.
+
+    The method and all its options, the budget, the seed, the generation settings, the model config
+    (checkpoint, dtype, device, prompt) and a fingerprint of the checkpoint's files, the tasks and
+    their data locations, and the versions of the harness, transformers and torch. Not in it: `limit`
+    (a resume may extend a run), `warmup`, `time_scoring` and the logger.
+    """
+    import harness
+    import torch
+    import transformers
+
+    node = OmegaConf.to_container(cfg, resolve=True)
+    identity = {
+        "method": cfg.method_name, "budget": cfg.budget, "seed": cfg.seed,
+        "max_new_tokens": cfg.max_new_tokens, "record_kept": cfg.record_kept,
+        "model.checkpoint": checkpoint_fingerprint(cfg.model.load),
+        "versions.harness": harness.__version__, "versions.transformers": transformers.__version__,
+        "versions.torch": torch.__version__,
+    }
+    for section in ("method", "model", "tasks"):
+        identity.update(_flatten(section, node.get(section)))
+    return identity
+
+
+def _flatten(prefix: str, value) -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, inner in value.items():
+            out.update(_flatten(f"{prefix}.{key}", inner))
+        return out
+    return {prefix: value}
+
+
+def checkpoint_fingerprint(load: DictConfig) -> str | None:
+    """A short hash of a local checkpoint: names and sizes of its files, the full content of files
+    under 64 MB (configs, tokenizer, small weights); the hub revision for a hub id."""
+    import hashlib
+
+    from harness.model import ASSETS
+
+    where = load.get("pretrained") or load.get("config")
+    if where is None or where == "tiny":
+        return where
+    path = Path(str(where)).expanduser()
+    if not path.is_dir() and (ASSETS / str(where)).is_dir():
+        path = ASSETS / str(where)
+    if not path.is_dir():
+        return f"{where}@{load.get('revision') or 'main'}"  # a hub id
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}\n".encode())
+        if size < 64 * 2**20:
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def check_identity(cfg: DictConfig, run_dir: Path) -> dict:
+    """Record what this run dir holds (run.json); refuse to resume a run dir made with other settings.
+
+    Raises:
+        ValueError: naming every setting that differs, and how to start fresh; also when this run's
+            `limit` would replace the results of a larger run in the same dir.
+    """
+    from harness.results import write_json_atomic
+
+    identity = run_identity(cfg)
+    path = run_dir / IDENTITY_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if "identity" not in recorded:
+            raise ValueError(f"run dir {run_dir} was made by an earlier harness version that recorded only "
+                             f"{sorted(recorded)}; start fresh with hydra.run.dir=<new dir> (or delete {run_dir})")
+        before = recorded["identity"]
+        changed = [key for key in sorted(set(before) | set(identity)) if before.get(key, "<unset>") != identity.get(key, "<unset>")]
+        if changed:
+            diffs = "; ".join(f"{key}: {before.get(key, '<unset>')!r} -> {identity.get(key, '<unset>')!r}" for key in changed)
+            raise ValueError(
+                f"run dir {run_dir} holds a run with other settings ({diffs}); resuming would mix them. "
+                f"Rerun with the earlier settings to resume it, or start fresh with hydra.run.dir=<new dir> "
+                f"(or delete {run_dir})"
+            )
+        _check_limit(cfg, run_dir)
+    else:
+        write_json_atomic(path, {"identity": identity})
+    return identity
+
+
+def _check_limit(cfg: DictConfig, run_dir: Path) -> None:
+    """A smaller `limit` must not overwrite the results.json of a run over more samples."""
+    results = run_dir / "results.json"
+    if not results.exists() or cfg.limit is None:
+        return
+    before = json.loads(results.read_text()).get("limit")
+    if before is None or before > cfg.limit:
+        raise ValueError(
+            f"limit={cfg.limit} would replace the results of this run dir's run with limit={before} ({run_dir}); "
+            f"give the smaller run its own hydra.run.dir=<new dir>"
+        )
 
 
 class RunDirBusy(ValueError):

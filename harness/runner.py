@@ -6,7 +6,6 @@ build model -> attach method -> lmms-eval on our tasks -> results.json (+ sample
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import os
@@ -16,20 +15,20 @@ from collections import defaultdict
 from pathlib import Path
 
 import datasets
+import harness
 import numpy as np
 import torch
 import transformers
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
-import harness
 from harness.budget import paper_budget
 from harness.engine import PruningEngine
 from harness.results import SCHEMA, SampleLog, write_json_atomic
-from harness.rundir import RunLock
+from harness.rundir import RunLock, check_identity
 from harness.timing import peak_memory, stats
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 LOG = logging.getLogger("prunebench")  # <run dir>/run.log (conf/config.yaml, hydra.job_logging)
+
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Evaluate one method at one budget; write `run_dir/results.json`; return it.
@@ -50,21 +49,22 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> dict:
     started_at = _now()
     identity = check_identity(cfg, run_dir)
 
-    # 1. model + method
-    model, processor = instantiate(cfg.model.load)
-    if processor is None:
-        raise ValueError(f"model={cfg.model.name} has no processor (a config-only model cannot run tasks)")
-    method = instantiate(cfg.method)
-    engine = PruningEngine(model, method, record_kept=cfg.record_kept, time_scoring=cfg.time_scoring)
-
-    # 2. tasks (data located or materialised here) and the lmms-eval model
-    from harness.lmms_model import PrunedLlava
+    # 1. tasks (data located, checked or materialised here): a bad location fails before the model loads
     from harness.tasks import data_locations, task_manager, task_specs
 
     datasets.disable_progress_bars()
     data = data_locations(cfg.tasks.data, cache=cfg.paths.cache)
     manager = task_manager()
     specs = task_specs(list(cfg.tasks.names), data, manager)
+
+    # 2. model + method, and the lmms-eval model
+    from harness.lmms_model import PrunedLlava
+
+    model, processor = instantiate(cfg.model.load)
+    if processor is None:
+        raise ValueError(f"model={cfg.model.name} has no processor (a config-only model cannot run tasks)")
+    method = instantiate(cfg.method)
+    engine = PruningEngine(model, method, record_kept=cfg.record_kept, time_scoring=cfg.time_scoring)
     log = SampleLog(run_dir / "samples.jsonl")
     lm = PrunedLlava(engine, processor, log, prompt=cfg.model.prompt, seed=cfg.seed, warmup=cfg.warmup,
                      record_kept=cfg.record_kept, max_new_tokens=cfg.max_new_tokens)
@@ -242,105 +242,6 @@ def _max_suffix(task: str, metric: str, results: dict) -> str:
     """MME scores are sums over categories of up to 200 points each: show the maximum."""
     maximum = results["tasks"][task].get("max", {}).get(metric)
     return f" / {maximum}" if maximum else ""
-
-
-IDENTITY_FILE = "run.json"
-
-
-def run_identity(cfg: DictConfig) -> dict:
-    """Everything that can change a sample's answer or record, flattened to `dotted.key: value`.
-
-    The method and all its options, the budget, the seed, the generation settings, the model config
-    (checkpoint, dtype, device, prompt) and a fingerprint of the checkpoint's files, the tasks and
-    their data locations, and the versions of the harness, transformers and torch. Not in it: `limit`
-    (a resume may extend a run), `warmup`, `time_scoring` and the logger.
-    """
-    node = OmegaConf.to_container(cfg, resolve=True)
-    identity = {
-        "method": cfg.method_name, "budget": cfg.budget, "seed": cfg.seed,
-        "max_new_tokens": cfg.max_new_tokens, "record_kept": cfg.record_kept,
-        "model.checkpoint": checkpoint_fingerprint(cfg.model.load),
-        "versions.harness": harness.__version__, "versions.transformers": transformers.__version__,
-        "versions.torch": torch.__version__,
-    }
-    for section in ("method", "model", "tasks"):
-        identity.update(_flatten(section, node.get(section)))
-    return identity
-
-
-def _flatten(prefix: str, value) -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for key, inner in value.items():
-            out.update(_flatten(f"{prefix}.{key}", inner))
-        return out
-    return {prefix: value}
-
-
-def checkpoint_fingerprint(load: DictConfig) -> str | None:
-    """A short hash of a local checkpoint: names and sizes of its files, the full content of files
-    under 64 MB (configs, tokenizer, small weights); the hub revision for a hub id."""
-    import hashlib
-
-    from harness.model import ASSETS
-
-    where = load.get("pretrained") or load.get("config")
-    if where is None or where == "tiny":
-        return where
-    path = Path(str(where)).expanduser()
-    if not path.is_dir() and (ASSETS / str(where)).is_dir():
-        path = ASSETS / str(where)
-    if not path.is_dir():
-        return f"{where}@{load.get('revision') or 'main'}"  # a hub id
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}:{size}\n".encode())
-        if size < 64 * 2**20:
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()[:16]
-
-
-def check_identity(cfg: DictConfig, run_dir: Path) -> dict:
-    """Record what this run dir holds (run.json); refuse to resume a run dir made with other settings.
-
-    Raises:
-        ValueError: naming every setting that differs, and how to start fresh; also when this run's
-            `limit` would replace the results of a larger run in the same dir.
-    """
-    identity = run_identity(cfg)
-    path = run_dir / IDENTITY_FILE
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        if "identity" not in recorded:
-            raise ValueError(f"run dir {run_dir} was made by an earlier harness version that recorded only "
-                             f"{sorted(recorded)}; start fresh with hydra.run.dir=<new dir> (or delete {run_dir})")
-        before = recorded["identity"]
-        changed = [key for key in sorted(set(before) | set(identity)) if before.get(key, "<unset>") != identity.get(key, "<unset>")]
-        if changed:
-            diffs = "; ".join(f"{key}: {before.get(key, '<unset>')!r} -> {identity.get(key, '<unset>')!r}" for key in changed)
-            raise ValueError(
-                f"run dir {run_dir} holds a run with other settings ({diffs}); resuming would mix them. "
-                f"Rerun with the earlier settings to resume it, or start fresh with hydra.run.dir=<new dir> "
-                f"(or delete {run_dir})"
-            )
-        _check_limit(cfg, run_dir)
-    else:
-        write_json_atomic(path, {"identity": identity})
-    return identity
-
-
-def _check_limit(cfg: DictConfig, run_dir: Path) -> None:
-    """A smaller `limit` must not overwrite the results.json of a run over more samples."""
-    results = run_dir / "results.json"
-    if not results.exists() or cfg.limit is None:
-        return
-    before = json.loads(results.read_text()).get("limit")
-    if before is None or before > cfg.limit:
-        raise ValueError(
-            f"limit={cfg.limit} would replace the results of this run dir's run with limit={before} ({run_dir}); "
-            f"give the smaller run its own hydra.run.dir=<new dir>"
-        )
 
 
 def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg: DictConfig, identity: dict) -> dict:
