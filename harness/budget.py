@@ -103,6 +103,12 @@ def scaled_schedule(
         ValueError: if no scale reaches the budget within one token.
     """
 
+    beyond = [layer for layer in layers if not 0 <= layer < num_layers]
+    if beyond:
+        raise ValueError(
+            f"{method}: layer {beyond[0]} is beyond the model's {num_layers} layers (allowed stage layers: 1..{num_layers - 1})"
+        )
+
     def build(alpha: float) -> list[Stage]:
         stages, current = [], num_image_tokens
         for layer, count in zip(layers, counts):

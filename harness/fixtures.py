@@ -343,7 +343,8 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
     """
     out = Path(out_dir)
     done = out / "fixtures-2.done"  # the number changes when the fixtures do
-    if not done.exists():  # written once; a crash midway leaves no marker, so the next call rewrites
+    complete = done.exists() and all((out / name).is_dir() for name in FIXTURES)
+    if not complete:  # written once; a crash midway (or a removed dataset) leaves it incomplete: rewritten
         questions, images = gqa_rows()
         DatasetDict({"testdev": to_dataset(questions, GQA_INSTRUCTION_FEATURES)}).save_to_disk(out / "gqa")
         DatasetDict({"testdev": to_dataset(images, GQA_IMAGE_FEATURES)}).save_to_disk(out / "gqa" / GQA_IMAGES_DIR)

@@ -159,6 +159,14 @@ class Run:
             value = value.get(key) if isinstance(value, dict) else None
         return _number(value)
 
+    def n_samples(self, tasks: tuple[str, ...] | None = None) -> tuple[int, int]:
+        """(samples, failed samples) over the run's tasks (groups left out), or over `tasks`."""
+        entries = self.results.get("tasks", {})
+        names = [t for t in (tasks or entries) if t in entries and "subtasks" not in entries[t]]
+        if tasks is None:  # results.json without group markers: a task whose name prefixes others is a group
+            names = [t for t in names if not any(o.startswith(t + "_") for o in names)]
+        return (sum(int(entries[t].get("n") or 0) for t in names), sum(int(entries[t].get("n_failed") or 0) for t in names))
+
     def samples(self) -> dict[tuple[str, int], dict]:
         """samples.jsonl as {(task, doc_id): record} (empty when the file is missing)."""
         if self._records is None:
@@ -182,15 +190,28 @@ def find_runs(root: Path, notes: Notes) -> list[Run]:
         newest[key].append(run)
     runs = []
     for (model, _, method, budget), group in newest.items():
-        group.sort(key=lambda r: str(r.results.get("finished_at") or ""))
+        group.sort(key=completeness)  # a run with a limit or fewer samples never shadows a complete one
+        chosen, newest_run = group[-1], max(group, key=lambda r: str(r.results.get("finished_at") or ""))
         if len(group) > 1:
             why = f" ({method} ignores the budget)" if method in UNBUDGETED else ""
             where = "budget " + str(budget) if budget is not None else "any budget"
-            notes.add(f"{len(group)} runs of {method} at {where} for {model}{why}; using the newest, "
-                      f"{group[-1].path} (finished {group[-1].results.get('finished_at')}); ignoring "
-                      + ", ".join(str(r.path) for r in group[:-1]))
-        runs.append(group[-1])
+            rule = "the newest" if chosen is newest_run else "the most complete (no limit, most samples), not the newest"
+            notes.add(f"{len(group)} runs of {method} at {where} for {model}{why}; using {rule}, "
+                      f"{chosen.path} ({_extent(chosen)}, finished {chosen.results.get('finished_at')}); ignoring "
+                      + ", ".join(f"{r.path} ({_extent(r)})" for r in group[:-1]))
+        runs.append(chosen)
     return runs
+
+
+def completeness(run: Run) -> tuple:
+    """Sort key: runs without a limit, then more samples, then newer."""
+    return (run.results.get("limit") is None, run.n_samples()[0], str(run.results.get("finished_at") or ""))
+
+
+def _extent(run: Run) -> str:
+    n, failed = run.n_samples()
+    limit = run.results.get("limit")
+    return f"{n} samples" + (f", limit={limit}" if limit is not None else "") + (f", {failed} failed" if failed else "")
 
 
 def sort_key(run: Run) -> tuple:
@@ -656,6 +677,7 @@ def _number(value) -> float | None:
 # ---------------------------------------------------------------- formats
 
 MISSING = {"markdown": "—", "latex": "--", "csv": ""}
+FAILED_MARK = {"markdown": " †", "latex": "$^\\dagger$", "csv": ""}  # a benchmark cell with failed samples
 
 
 def _signed(x: float, fmt: str) -> str:
@@ -680,7 +702,8 @@ def _cells(table: Table, row: Row, fmt: str) -> list[str]:
             diff, low, high = ci
             inner = f"{_signed(diff, fmt)} [{_signed(low, fmt)}, {_signed(high, fmt)}]"
             text += f" ({inner})" if fmt == "markdown" else f" {{\\scriptsize ({inner})}}"
-        cells.append(text)
+        failed = run.n_samples(bench.tasks)[1]
+        cells.append(text + (FAILED_MARK[fmt] if failed else ""))
     cells.append(num(row.avg))
     if not table.subset:
         hard = row.difficult.get("all")
@@ -692,6 +715,9 @@ def _cells(table: Table, row: Row, fmt: str) -> list[str]:
     cells.append(num(row.speedup, ".2f", "×" if fmt == "markdown" else "$\\times$"))
     reduction = run.get("flops", "reduction")
     cells.append(num(None if reduction is None else 100 * reduction, ".1f", "%" if fmt == "markdown" else "\\%"))
+    n, failed = run.n_samples()
+    limit = run.results.get("limit")
+    cells.append(f"{n}" + (f" (limit {limit})" if limit is not None else "") + (f" ({failed} failed)" if failed else ""))
     return cells
 
 
@@ -702,7 +728,7 @@ def _header(table: Table, fmt: str) -> list[str]:
     head.append("Tokens")
     if table.has_paper_tokens:
         head.append("Tokens (paper)")
-    head += ["Prefill ms", "Speedup", "FLOPs ↓" if fmt == "markdown" else "FLOPs $\\downarrow$"]
+    head += ["Prefill ms", "Speedup", "FLOPs ↓" if fmt == "markdown" else "FLOPs $\\downarrow$", "n"]
     return head
 
 
@@ -722,6 +748,11 @@ def _legend(table: Table, replicates: int) -> list[str]:
     if table.published:
         lines.append(f"{REFERENCE} vs the published LLaVA-1.5-7B numbers (a gap over {PUBLISHED_TOLERANCE} points is warned about):")
         lines += [f"- {line}" for line in table.published]
+    if any(row.run.n_samples()[1] for row in table.rows):
+        lines.append("†: some samples of this benchmark failed (n counts them; their `error` is in "
+                     "samples.jsonl) and the score treats them as wrong answers.")
+    if any(row.run.results.get("limit") is not None for row in table.rows):
+        lines.append("n: samples of the run; (limit L): only the first L samples of each task ran, not the whole benchmark.")
     if table.not_significant:
         lines.append("Not significantly different (the CI of the paired difference contains 0):")
         lines += [f"- {pair}" for pair in table.not_significant]
@@ -778,7 +809,7 @@ def to_csv(tables: list[Table], replicates: int) -> str:
         slug = _slug(bench.name)
         head += [slug, f"{slug}_diff", f"{slug}_ci_low", f"{slug}_ci_high", f"{slug}_difficult_acc", f"{slug}_difficult_n"]
     head += ["avg", "difficult_acc", "difficult_n", "tokens", "tokens_paper", "prefill_ms", "speedup",
-             "flops_reduction_pct", "run_dir"]
+             "flops_reduction_pct", "n", "n_failed", "limit", "run_dir"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -794,7 +825,8 @@ def to_csv(tables: list[Table], replicates: int) -> str:
             reduction = run.get("flops", "reduction")
             values += [row.avg, *hard, 0.0 if run.method == BLIND else run.get("tokens", "avg_vision_tokens"),
                        run.get("tokens", "avg_vision_tokens_paper"), run.get("latency_ms", "prefill", "mean"),
-                       row.speedup, None if reduction is None else 100 * reduction, str(run.path)]
+                       row.speedup, None if reduction is None else 100 * reduction, *run.n_samples(),
+                       run.results.get("limit"), str(run.path)]
             writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in values])
     return buffer.getvalue()
 
@@ -932,6 +964,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     if args.plot:
+        for table in tables:
+            if not any(r.avg is not None for r in table.rows) and table.benchmarks:
+                print(f"note: {table.title}: no Avg (run method=vanilla first), so the plots show "
+                      f"{table.benchmarks[0].name} instead", file=sys.stderr)
         for path in plot(tables, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     return 0

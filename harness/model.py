@@ -170,6 +170,11 @@ def load_model(
     if pretrained is not None:
         if not Path(pretrained).is_dir() and (ASSETS / pretrained).is_dir():
             pretrained = str(ASSETS / pretrained)  # a checkpoint shipped under harness/assets
+        elif not Path(pretrained).expanduser().is_dir() and str(pretrained).startswith(("/", ".", "~")):
+            raise FileNotFoundError(
+                f"model.load.pretrained={pretrained!r} is not a directory (give a local checkpoint directory, "
+                "a hub id such as llava-hf/llava-1.5-7b-hf, or a name under harness/assets)"
+            )
         model = model_class.from_pretrained(
             pretrained, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=False
         )

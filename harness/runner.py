@@ -6,55 +6,67 @@ build model -> attach method -> lmms-eval on our tasks -> results.json (+ sample
 from __future__ import annotations
 
 import datetime
-import json
+import logging
+import math
+import os
 import platform
 import subprocess
+from collections import defaultdict
 from pathlib import Path
 
 import datasets
+import harness
 import numpy as np
 import torch
 import transformers
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
-import harness
 from harness.budget import paper_budget
 from harness.engine import PruningEngine
 from harness.families import method_overrides
 from harness.results import SCHEMA, SampleLog, write_json_atomic
+from harness.rundir import RunLock, check_identity
 from harness.scoring import scorer_for
 from harness.timing import peak_memory, stats
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-IDENTITY_KEYS = ("method", "budget", "model", "seed", "tasks")  # a run dir belongs to one of each
+LOG = logging.getLogger("prunebench")  # <run dir>/run.log (conf/config.yaml, hydra.job_logging)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Evaluate one method at one budget; write `run_dir/results.json`; return it.
 
-    Rerunning in the same `run_dir` resumes: samples already in samples.jsonl are not run again.
+    Rerunning in the same `run_dir` resumes: samples already in samples.jsonl are not run again, after
+    `check_identity` has made sure that everything that could change an answer is the same. One
+    process at a time: a second one on the same dir is refused (`RunLock`).
     """
     check_config(cfg)
+    logger = make_logger(cfg)  # a bad logger option fails now, not after the evaluation
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _run(cfg, run_dir, logger)
+
+
+def _run(cfg: DictConfig, run_dir: Path, logger) -> dict:
     started_at = _now()
     identity = check_identity(cfg, run_dir)
 
-    # 1. model + method
+    # 1. tasks (data located, checked or materialised here): a bad location fails before the model loads
+    from harness.tasks import data_locations, task_manager, task_specs
+
+    datasets.disable_progress_bars()
+    data = data_locations(cfg.tasks.data, cache=cfg.paths.cache)
+    manager = task_manager()
+    specs = task_specs(list(cfg.tasks.names), data, manager)
+
+    # 2. model + method, and the lmms-eval model
+    from harness.lmms_model import PrunedLlava
+
     model, processor = instantiate(cfg.model.load)
     if processor is None:
         raise ValueError(f"model={cfg.model.name} has no processor (a config-only model cannot run tasks)")
     method = instantiate(cfg.method, **method_overrides(cfg.model, cfg.method_name))
     engine = PruningEngine(model, method, record_kept=cfg.record_kept, time_scoring=cfg.time_scoring)
-
-    # 2. tasks (data located or materialised here) and the lmms-eval model
-    from harness.lmms_model import PrunedLlava
-    from harness.tasks import data_locations, task_manager, task_specs
-
-    datasets.disable_progress_bars()
-    data = data_locations(cfg.tasks.data)
-    manager = task_manager()
-    specs = task_specs(list(cfg.tasks.names), data, manager)
     log = SampleLog(run_dir / "samples.jsonl")
     lm = PrunedLlava(engine, processor, log, prompt=cfg.model.prompt, seed=cfg.seed, warmup=cfg.warmup,
                      record_kept=cfg.record_kept, max_new_tokens=cfg.max_new_tokens,
@@ -71,6 +83,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         )
     log.close()
     records = [log.get(task, doc_id) for task, doc_id in lm.requested]
+    failed = sum(r["error"] is not None for r in records)
+    if failed:
+        LOG.warning("%d of %d samples failed (their errors are in %s)", failed, len(records), log.path)
 
     # 4. results.json
     results = summarize(out, records, engine, model, cfg, identity)
@@ -80,15 +95,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     # 5. logger (cfg.logger; W&B by default): after results.json, so a logging failure is only a warning
     from harness.wandb_logger import log_run
 
-    log_run(cfg, run_dir, results, records)
+    log_run(cfg, run_dir, results, records, logger=logger)
     return results
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Top-level keys with the wrong type: one clear error naming the value and what is allowed."""
+    """Bad top-level values and unknown options: one clear error naming the value and what is allowed."""
     def is_int(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
+    max_failed = cfg.get("max_failed")
     checks = {
         "limit": (cfg.limit is None or (is_int(cfg.limit) and cfg.limit > 0), "a positive integer or null"),
         "seed": (is_int(cfg.seed) and cfg.seed >= 0, "a non-negative integer"),
@@ -97,30 +113,138 @@ def check_config(cfg: DictConfig) -> None:
         "time_scoring": (isinstance(cfg.time_scoring, bool), "true or false"),
         "max_new_tokens": (cfg.max_new_tokens is None or (is_int(cfg.max_new_tokens) and cfg.max_new_tokens > 0),
                            "a positive integer or null"),
+        "max_failed": (max_failed is None or (is_int(max_failed) and max_failed >= 0)
+                       or (isinstance(max_failed, float) and 0 <= max_failed < 1),
+                       "null, a count of samples (0, 1, ...) or a fraction of them (0.0 <= x < 1.0)"),
     }
     for key, (ok, allowed) in checks.items():
         if not ok:
             raise ValueError(f"{key}={cfg[key]!r} is not allowed (allowed: {allowed})")
+    check_options("method", cfg.method)
+    check_options("model.load", cfg.model.load)
+    if OmegaConf.is_dict(cfg.tasks.data) and "_target_" in cfg.tasks.data:
+        check_options("tasks.data", cfg.tasks.data, hint=(
+            "this task suite generates its own data; data locations "
+            "(tasks.data.gqa=<dir>, ...) are options of tasks=paper"))
 
 
-def check_identity(cfg: DictConfig, run_dir: Path) -> dict:
-    """Record what this run dir holds; refuse to resume a run dir made for another method/budget/model/tasks."""
-    identity = {
-        "method": cfg.method_name, "budget": cfg.budget, "model": cfg.model.name,
-        "seed": cfg.seed, "tasks": list(cfg.tasks.names),
-    }
-    path = run_dir / "run.json"
-    if path.exists():
-        before = json.loads(path.read_text())
-        changed = {k: (before.get(k), identity[k]) for k in IDENTITY_KEYS if before.get(k) != identity[k]}
-        if changed:
-            raise ValueError(
-                f"run dir {run_dir} holds another run ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
-                "use a new hydra.run.dir"
-            )
-    else:
-        write_json_atomic(path, identity)
-    return identity
+def check_options(prefix: str, node: DictConfig, hint: str = "") -> None:
+    """Raise a ValueError naming every key of `node` that its `_target_` does not take, and the ones it does."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if not OmegaConf.is_dict(node) or node.get("_target_") is None:
+        return
+    target = get_object(node._target_)
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [name for name, p in params.items() if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [key for key in node if not str(key).startswith("_") and key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(f'{prefix}.{key}' for key in unknown)}: no such option of {node._target_} "
+            f"(allowed: {', '.join(allowed)})" + (f"; {hint}" if hint else "")
+        )
+
+
+def make_logger(cfg: DictConfig):
+    """The logger of `cfg.logger` (None for logger=none); its options are checked here, before any work."""
+    logger_cfg = cfg.get("logger")
+    if logger_cfg is None or logger_cfg.get("_target_") is None:
+        return None
+    check_options("logger", logger_cfg)
+    try:
+        return instantiate(logger_cfg)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps the logger's own ValueError
+        cause = exc.__cause__ or exc
+        raise ValueError(str(cause)) from cause
+
+
+class FailedSamples(Exception):
+    """More samples failed than `max_failed` allows."""
+
+
+def check_failed(cfg: DictConfig, results: dict) -> None:
+    """Raise FailedSamples when the failed samples exceed `max_failed` (a count, or a share when a float)."""
+    limit = cfg.get("max_failed")
+    n = sum(t["n"] for name, t in results["tasks"].items() if not _is_group(name, results))
+    failed = sum(t["n_failed"] for name, t in results["tasks"].items() if not _is_group(name, results))
+    if limit is None or failed == 0:
+        return
+    allowed = limit if isinstance(limit, int) else limit * n
+    if failed > allowed:
+        raise FailedSamples(f"{failed} of {n} samples failed, more than max_failed={limit}; "
+                            f"results.json is written, the errors are in samples.jsonl")
+
+
+def _is_group(name: str, results: dict) -> bool:
+    return "subtasks" in results["tasks"][name]
+
+
+def explain(err: BaseException) -> str | None:
+    """One line for an error the user can fix (bad input, an unusable path); None for a bug."""
+    import errno
+
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.ENOTDIR):
+        return (f"cannot write {err.filename or 'the run dir'}: {err.strerror}; free some space or choose a "
+                "writable hydra.run.dir (samples already done are kept and a rerun resumes)")
+    return None
+
+
+def print_summary(results: dict, run_dir: Path) -> None:
+    """The final printout (also in run.log): every task and group, failed samples, tokens, latency, FLOPs."""
+    lines = [f"results: {run_dir / 'results.json'}"]
+    for task, res in results["tasks"].items():
+        metrics = ", ".join(f"{k}={_fmt(v)}{_max_suffix(task, k, results)}" for k, v in res["metrics"].items())
+        failed = f", {res['n_failed']} FAILED" if res.get("n_failed") else ""
+        lines.append(f"  {task}: {metrics or 'no metrics'} (n={res['n']}{failed})")
+    for prefix, f1s in _pope_splits(results).items():  # a suite without a POPE group: its headline, the mean F1
+        lines.append(f"  {prefix}pope (mean of {len(f1s)} splits): pope_f1={_fmt(float(np.mean(f1s)))}")
+    tokens, latency, flops = results["tokens"], results["latency_ms"], results["flops"]
+    lines.append(f"  image tokens per layer (realized): {_fmt(tokens.get('avg_vision_tokens'))}")
+    lines.append(f"  latency (ms, mean of {latency.get('n_timed', 0)} timed samples): prefill "
+                 f"{_fmt(latency['prefill'].get('mean'))}, decode/token {_fmt(latency['decode_per_token'].get('mean'))}, "
+                 f"end-to-end {_fmt(latency['e2e'].get('mean'))}")
+    reduction = flops.get("reduction")
+    lines.append(f"  prefill FLOPs: {_fmt(flops.get('prefill_tflops'), '.4g')} TFLOPs "
+                 f"({'n/a' if reduction is None else f'{100 * reduction:.1f}% fewer than vanilla'})")
+    n = sum(r["n"] for t, r in results["tasks"].items() if not _is_group(t, results))
+    failed = sum(r["n_failed"] for t, r in results["tasks"].items() if not _is_group(t, results))
+    lines.append(f"  failed samples: {failed} of {n}" + (" (see `error` in samples.jsonl)" if failed else ""))
+    if results.get("limit") is not None:
+        lines.append(f"  limit={results['limit']}: a partial run; the leaderboard marks it")
+    print("\n".join(lines))
+    LOG.info("\n".join(lines))
+
+
+def _pope_splits(results: dict) -> dict[str, list[float]]:
+    """{prefix: F1 of each split} for POPE splits (`<prefix>pope_random`, ...) whose group is not in the results."""
+    splits = defaultdict(list)
+    for task, res in results["tasks"].items():
+        prefix, _, split = task.rpartition("pope_")
+        f1 = next((v for k, v in res["metrics"].items() if k.endswith("f1")), None)
+        if split in ("random", "popular", "adversarial") and f1 is not None and f"{prefix}pope" not in results["tasks"]:
+            splits[prefix].append(f1)
+    return {prefix: f1s for prefix, f1s in splits.items() if len(f1s) > 1}
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
+
+
+def _max_suffix(task: str, metric: str, results: dict) -> str:
+    """MME scores are sums over categories of up to 200 points each: show the maximum."""
+    maximum = results["tasks"][task].get("max", {}).get(metric)
+    return f" / {maximum}" if maximum else ""
 
 
 def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg: DictConfig, identity: dict) -> dict:
@@ -138,6 +262,12 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         scorers = sorted({s.name for s in map(scorer_for, members) if s is not None})
         if scorers:  # the scoring rule(s) behind the metrics (harness.scoring)
             tasks[task]["scorer"] = scorers[0] if len(scorers) == 1 else scorers
+        if members != [task]:
+            tasks[task]["subtasks"] = list(members)
+        categories = {r.get("category") for r in mine if r.get("category") is not None}
+        totals = {k: 200 * len(categories) for k in metrics if "mme" in task and "total" in k and categories}
+        if totals:  # MME: up to 200 points per category (acc + acc+)
+            tasks[task]["max"] = totals
 
     num_layers, num_images = engine.num_layers, engine.num_image_tokens
     per_layer = np.mean([r["vision_per_layer"] for r in ok], axis=0).tolist() if ok else []
@@ -160,6 +290,8 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         "timer": "cuda_event" if device.type == "cuda" else "perf_counter",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "n_timed": len(timed),
+        "threads": torch.get_num_threads(),  # CPU timings depend on these (run.py sets them before torch loads)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if engine.time_scoring:
         latency["scoring"] = stats([r["scoring_ms"] for r in timed])
@@ -183,7 +315,7 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
     evidence = [r["evidence_recall"] for r in ok if r.get("evidence_recall")]
     results = {
         "schema": SCHEMA,
-        **{k: identity[k] for k in ("method", "model", "seed")},
+        "method": cfg.method_name, "model": cfg.model.name, "seed": cfg.seed,
         "budget": engine.method.budget,  # vanilla: 576, blind: 0, whatever budget= said
         "limit": cfg.limit,
         "tasks": tasks,

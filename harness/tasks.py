@@ -9,8 +9,11 @@ A data location is a hub id (the YAML default is the official one) or a local di
 a task config dict `{"task": name, **overrides}` over the registered YAML, so nothing is edited on disk.
 """
 
+import shutil
+import sys
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lmms_eval.tasks import TaskManager, get_task_dict
 from lmms_eval.utils import load_yaml_config
@@ -19,11 +22,60 @@ from omegaconf import DictConfig, OmegaConf
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
-def data_locations(config) -> dict[str, str]:
+def data_locations(config, cache: str | Path | None = None) -> dict[str, str]:
     """`{task or prefix: location}` from a config's `tasks.data`: a mapping, or a `_target_` that
-    materialises the data (e.g. the shapes suite) and returns one."""
-    data = instantiate(config)
+    materialises the data (e.g. the shapes suite) and returns one.
+
+    Every local location is opened once here. A damaged dataset that the harness generated (a file
+    truncated or deleted in the cache) is removed and generated again; a damaged one the user gave
+    is an error naming it.
+
+    Raises:
+        ValueError: the cache dir is not writable (naming it and `PRUNEBENCH_CACHE`), or a given
+            dataset dir cannot be read.
+    """
+    generated = OmegaConf.is_dict(config) and "_target_" in config
+    data = _materialise(config, cache)
+    for key, location in data.items():
+        if not Path(location).is_dir():
+            continue
+        problem = damage(location)
+        if problem and generated:
+            print(f"warning: the generated dataset {location} is damaged ({problem}); generating it again",
+                  file=sys.stderr)
+            shutil.rmtree(location)
+            data = _materialise(config, cache)
+            problem = damage(data[key])
+        if problem:
+            raise ValueError(f"tasks.data.{key}={location!r} cannot be read as a saved dataset ({problem})")
+    return data
+
+
+def _materialise(config, cache) -> dict[str, str]:
+    try:
+        data = instantiate(config)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):  # not writable, not a dir, full
+            raise ValueError(
+                f"cannot write the dataset cache {cause.filename or cache} ({cause.strerror}); set PRUNEBENCH_CACHE "
+                f"(paths.cache, now {cache}) to a writable directory"
+            ) from cause
+        raise
     return {str(k): str(v) for k, v in (OmegaConf.to_container(data) if isinstance(data, DictConfig) else data).items()}
+
+
+def damage(location: str | Path) -> str | None:
+    """None if `location` opens with `datasets.load_from_disk` (every file present and readable), else why not."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(location))
+        for split in loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]:
+            split.data.validate()
+    except Exception as exc:  # noqa: BLE001 - any failure to open means damaged
+        return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return None
 
 
 def task_manager(include_path: str | Path = TASKS_DIR) -> TaskManager:

@@ -119,7 +119,7 @@ def test_markdown_columns_avg_speedup_difficult_and_ci(runs_dir, capsys):
     rows = markdown_rows(out)
     header = rows.pop("Method")
     assert header == ["Method", "Budget", "GQA", "MME P+C", "POPE F1", "Avg", "Difficult", "Tokens", "Tokens (paper)",
-                      "Prefill ms", "Speedup", "FLOPs ↓"]
+                      "Prefill ms", "Speedup", "FLOPs ↓", "n"]
     assert [r for r in rows if r != "---"] == ["vanilla", "adaptinfer", "fastv", "pool", "blind"]  # order
     col = {name: i for i, name in enumerate(header)}
     for method, spec in RUNS.items():
@@ -383,3 +383,39 @@ def test_submitit_local_multirun_and_leaderboard(tmp_path, capsys):
     header = rows.pop("Method")
     assert header[2:4] == ["GQA", "POPE F1"]
     assert rows["vanilla"][header.index("Avg")] == "100.0" and "fastv" in rows
+
+
+def test_a_newer_partial_run_never_shadows_a_complete_one_and_failures_are_flagged(runs_dir, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_dir, root)
+    data = json.loads((root / "sweep" / "vanilla-64" / "results.json").read_text())["config"]["tasks"]["data"]
+    smoke = root / "smoke" / "fastv-64"  # newer, limit=1, every score 100
+    write_run(smoke, "fastv", 64, RUNS["fastv"], data, finished="2026-11-26T10:00:00+00:00", scores=(100.0, 100.0, 100.0))
+    results = json.loads((smoke / "results.json").read_text())
+    results["limit"] = 1
+    for task in results["tasks"].values():
+        task["n"] = 1
+    (smoke / "results.json").write_text(json.dumps(results))
+    failing = root / "sweep" / "adaptinfer-64" / "results.json"
+    results = json.loads(failing.read_text())
+    results["tasks"]["gqa"]["n_failed"] = 3
+    failing.write_text(json.dumps(results))
+
+    code, out, err = run_cli([root, "--bootstrap", "0"], capsys)
+    assert code == 0, err
+    rows = markdown_rows(out)
+    header = rows.pop("Method")
+    col = {name: i for i, name in enumerate(header)}
+    expected = markdown_rows(run_cli([runs_dir, "--bootstrap", "0"], capsys)[1])
+    assert rows["fastv"][col["GQA"]] == expected["fastv"][col["GQA"]] != "100.0"  # the complete run's score
+    assert "the most complete (no limit, most samples), not the newest" in err and "limit=1" in err
+    assert rows["fastv"][col["n"]] == "30" and rows["vanilla"][col["n"]] == "30"
+    assert rows["adaptinfer"][col["GQA"]].endswith("†") and rows["adaptinfer"][col["n"]] == "30 (3 failed)"
+    assert not rows["fastv"][col["GQA"]].endswith("†") and "†: some samples" in out
+
+    (root / "sweep" / "fastv-64" / "results.json").unlink()  # only the smoke test left: shown, with its limit
+    rows = markdown_rows(run_cli([root, "--bootstrap", "0"], capsys)[1])
+    rows.pop("Method")
+    assert rows["fastv"][col["GQA"]].startswith("100.0") and rows["fastv"][col["n"]] == "5 (limit 1)"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,8 @@ def read_wandb(run_dir: Path) -> dict:
         if kind == "run":
             out.update(name=record.run.display_name, group=record.run.run_group, project=record.run.project)
             out["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+        elif kind == "config":  # wandb may send the config in its own record after the run record
+            out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
         elif kind == "summary":
             out["summary"].update({item.key: json.loads(item.value_json) for item in record.summary.update if item.key})
         elif kind == "artifact":
@@ -63,12 +68,12 @@ def read_wandb(run_dir: Path) -> dict:
     return out
 
 
-def test_offline_run_without_a_key(tmp_path, monkeypatch, capsys):
+def test_offline_run_without_a_key(tmp_path, monkeypatch, capfd):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run_dir, results, records = make_run(tmp_path)
     log_run(make_cfg(), run_dir, results, records)
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert "warning" not in err, err
     sync = [line for line in out.splitlines() if "wandb sync" in line]
     assert len(sync) == 1 and Path(sync[0].split("wandb sync ")[1]).is_dir()
@@ -90,13 +95,13 @@ def test_offline_run_without_a_key(tmp_path, monkeypatch, capsys):
     assert json.loads((run_dir / "results.json").read_text()) == results  # local results untouched
 
 
-def test_the_api_key_is_never_written(tmp_path, monkeypatch, capsys):
+def test_the_api_key_is_never_written(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     run_dir, results, records = make_run(tmp_path)
     cfg = make_cfg(mode="offline")
     cfg.leaky = "${oc.env:WANDB_API_KEY}"  # even a config that interpolates the key does not carry it to W&B
     log_run(cfg, run_dir, results, records)
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert "warning" not in err, err
     assert SECRET not in out + err
     files = [p for p in run_dir.rglob("*") if p.is_file()]
@@ -119,24 +124,87 @@ def test_mode_follows_the_key():
     assert WandbLogger(mode="disabled").resolved_mode() == "disabled"
 
 
-def test_failures_warn_once_and_keep_local_results(tmp_path, monkeypatch, capsys):
-    import wandb
-
+def test_failures_warn_once_and_keep_local_results(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     run_dir, results, records = make_run(tmp_path)
     before = (run_dir / "results.json").read_bytes()
 
-    def broken_init(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError(f"network is down (key {SECRET})")
 
-    monkeypatch.setattr(wandb, "init", broken_init)
+    monkeypatch.setattr(WandbLogger, "_child", broken)
     log_run(make_cfg(mode="online"), run_dir, results, records)  # must not raise
     log_run(make_cfg(mode="bogus"), run_dir, results, records)   # a bad config value: also only a warning
     log_run(OmegaConf.create({"logger": {"_target_": None}}), run_dir, results, records)  # logger=none: silent
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     warnings = err.strip().splitlines()
     assert len(warnings) == 2 and all(w.startswith("warning: logging to ") for w in warnings), err
     assert "network is down" in warnings[0] and "logger.mode='bogus'" in warnings[1]
     assert SECRET not in err + out
     assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_a_rejected_key_falls_back_to_an_offline_run(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)  # too short: wandb refuses it at once
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir, results, records = make_run(tmp_path)
+    log_run(make_cfg(), run_dir, results, records)
+    out, err = capfd.readouterr()
+    assert "online init failed" in err and "logging offline instead" in err and SECRET not in out + err
+    assert "warning: logging to" not in err  # the offline copy succeeded
+    (sync,) = [line for line in out.splitlines() if "wandb sync" in line]
+    assert Path(sync.split("wandb sync ")[1]).is_dir()
+    assert read_wandb(run_dir)["summary"]["tasks/gqa/exact_match"] == 66.7
+
+
+@pytest.fixture
+def silent_server():
+    """A local address that accepts connections and never answers (a server behind a dead network)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_an_unanswering_server_costs_seconds_and_leaves_an_offline_run(tmp_path, monkeypatch, capfd, silent_server):
+    """A valid-looking key and a server that never answers: before, init waited ~90 s per attempt and
+    the run was not saved anywhere; now the init is cut after logger.init_timeout_s and the run is offline."""
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("WANDB_BASE_URL", silent_server)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir, results, records = make_run(tmp_path)
+    started = time.monotonic()
+    log_run(make_cfg(init_timeout_s=5, timeout_s=60), run_dir, results, records)
+    elapsed = time.monotonic() - started
+    out, err = capfd.readouterr()
+    assert elapsed < 45, elapsed
+    assert "did not answer within 5 s" in err and "warning: logging to" not in err, err
+    (sync,) = [line for line in out.splitlines() if "wandb sync" in line]
+    assert Path(sync.split("wandb sync ")[1]).is_dir()
+    assert read_wandb(run_dir)["name"] == "fastv-64"
+
+
+def test_bad_logger_options_are_rejected():
+    with pytest.raises(ValueError, match="logger.mode='bogus' is not allowed"):
+        WandbLogger(mode="bogus")
+    with pytest.raises(ValueError, match="logger.timeout_s=0 is not allowed"):
+        WandbLogger(timeout_s=0)
 
