@@ -1,0 +1,214 @@
+"""The cluster path on a real Slurm: array jobs, a time limit with requeue and resume, a failed job, scancel.
+
+Marked `slurm`: `pytest` leaves these out; `pytest -m slurm` runs them (and .ci/run does). They need a Slurm
+cluster on this machine: `sudo scripts/slurm_local.sh start` brings one up (the session fixture does it when
+run as root with the packages installed, and stops it again afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+pytestmark = pytest.mark.slurm
+
+# each job: 1 CPU (OMP_NUM_THREADS=1 through the launcher's setup lines), no GPU, 2 GB
+RESOURCES = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+             "hydra.launcher.mem_gb=2", "logger=none"]
+TINY = ["model=tiny_random", "tasks=fixtures", "tasks.names=[gqa,pope_random]", "limit=2", "max_new_tokens=2"]
+# the default embedded model on the full shapes suite: 380 samples, over a minute of work on one CPU thread
+LONG = ["method=fastv", "budget=64"]
+SAME = ("task", "doc_id", "target", "response", "n_new_tokens", "vision_per_layer", "error")
+
+
+def cluster_up() -> bool:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(s.strip("*~#") in ("idle", "mix", "alloc") for s in out.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A responding Slurm cluster; started with scripts/slurm_local.sh (and stopped after) when there is none."""
+    started = False
+    if not cluster_up():
+        if os.geteuid() != 0 or shutil.which("slurmctld", path=os.environ["PATH"] + ":/usr/sbin") is None:
+            pytest.fail("no Slurm cluster answers `sinfo` here. These tests run against a real one: "
+                        "apt-get install -y slurm-wlm slurmdbd munge mariadb-server && sudo scripts/slurm_local.sh start "
+                        "(or run `pytest` without -m slurm to leave them out)", pytrace=False)
+        proc = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0 and cluster_up(), proc.stdout + proc.stderr
+        started = True
+    yield
+    if started:
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment of the submitting command (Slurm jobs inherit it): one dataset cache for the module."""
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE", "HYDRA_FULL_ERROR": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    """Samples of an uninterrupted local run of LONG (no Slurm), keyed by (task, doc_id)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    proc = subprocess.run([sys.executable, "run.py", *LONG, "logger=none", f"hydra.run.dir={run_dir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = samples(run_dir)
+    return {(r["task"], r["doc_id"]): {k: r[k] for k in SAME} for r in lines}
+
+
+def samples(run_dir: Path) -> list[dict]:
+    """Every line of run_dir/samples.jsonl (duplicates included)."""
+    path = run_dir / "samples.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def submit(sweep: Path, env: dict, *overrides: str) -> subprocess.Popen:
+    """Start `run.py -m` through the SLURM launcher (it waits for the array) in the background."""
+    return subprocess.Popen([sys.executable, "run.py", "-m", *RESOURCES, *overrides, f"hydra.sweep.dir={sweep}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def array_id(sweep: Path, timeout: float = 120) -> str:
+    """The Slurm array id of the sweep, read from submitit's folder once the array is submitted."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ids = {p.name.split("_")[0] for p in (sweep / ".submitit").glob("*_*") if p.is_dir()}
+        if ids:
+            return ids.pop()
+        time.sleep(0.5)
+    raise AssertionError(f"no job submitted under {sweep / '.submitit'} within {timeout}s")
+
+
+def squeue_state(job: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.split()
+    return out[0] if out else None
+
+
+def wait_gone(job: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while squeue_state(job) and time.time() < deadline:
+        time.sleep(1)
+    assert squeue_state(job) is None, f"job {job} still queued after {timeout}s"
+
+
+def sacct(job: str) -> list[dict]:
+    """Accounting records of every attempt of a job (requeued ones included)."""
+    fields = "JobID,State,Submit,Start,End,Elapsed,ExitCode"
+    out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", fields],
+                         capture_output=True, text=True, check=True).stdout
+    return [dict(zip(fields.split(","), line.split("|"))) for line in out.splitlines()]
+
+
+def test_array_of_two_jobs(cluster, env, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = submit(sweep, env, "method=vanilla,fastv", "budget=64", *TINY)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    found = sorted(p.parent.relative_to(sweep).as_posix() for p in sweep.rglob("results.json"))
+    assert found == ["tiny_random/fixtures/fastv-64", "tiny_random/fixtures/vanilla-64"]
+    job = array_id(sweep)
+    script = (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+    assert "#SBATCH --array=0-1%2" in script and "#SBATCH --cpus-per-task=1" in script
+    wait_gone(job, 60)                                  # results are in; the jobs may still be completing
+    assert [r["State"] for r in sacct(job)] == ["COMPLETED", "COMPLETED"]
+    assert "sacct error" not in out                     # job states come from accounting
+
+
+def test_failed_job_shows_its_error_and_the_others_finish(cluster, env, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = submit(sweep, env, "method=fastv", "budget=700,64", *TINY)  # job 0: budget 700 > 576 image tokens
+    out, _ = proc.communicate(timeout=600)
+    job = array_id(sweep)
+    assert proc.returncode != 0
+    assert "budget=700" in out and "FAILED" in out, out[-3000:]        # the job's own error, in this console
+    assert "budget=700" in (sweep / ".submitit" / f"{job}_0" / f"{job}_0_0_log.err").read_text()
+    wait_gone(job, 300)
+    assert (sweep / "tiny_random/fixtures/fastv-64/results.json").exists()
+    assert not (sweep / "tiny_random/fixtures/fastv-700").exists()    # a bad-input run leaves no run dir
+    assert [r["State"] for r in sacct(job)] == ["FAILED", "COMPLETED"]
+
+
+def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
+    """A 1-minute limit: Slurm signals the job (USR2, up to 30 s before limit - signal_delay_s), submitit requeues
+    it (max_num_timeout) and the rerun in the same run dir resumes from samples.jsonl."""
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
+    start = time.time()
+    proc = submit(sweep, env, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
+                  "hydra.launcher.max_num_timeout=3")
+    job = f"{array_id(sweep)}_0"
+    timeline, last = [], None
+    while proc.poll() is None and time.time() - start < 600:
+        now = (squeue_state(job) or "GONE", count_lines(run_dir / "samples.jsonl"))
+        if now[0] != (last or ("", 0))[0]:
+            timeline.append((round(time.time() - start), *now))
+        last = now
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=60)
+    timeline.append((round(time.time() - start), "SUBMITTER EXITED", count_lines(run_dir / "samples.jsonl")))
+    print("\ntimeline (s since submission, squeue state, lines in samples.jsonl):", *timeline, sep="\n  ")
+    assert proc.returncode == 0, out[-3000:]
+    wait_gone(job, 60)
+    attempts = sacct(job)
+    print("attempts (sacct -D):", *attempts, sep="\n  ")
+
+    log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+    assert "Requeued job" in log, log[-3000:]
+    assert attempts[0]["State"] == "REQUEUED" and attempts[-1]["State"] == "COMPLETED", attempts
+    at_requeue = next(n for (_, state, n), (_, before, _) in zip(timeline[1:], timeline) if before == "RUNNING")
+    assert 0 < at_requeue < len(reference), timeline   # stopped mid-run, after it had written samples
+
+    lines = samples(run_dir)
+    keys = [(r["task"], r["doc_id"]) for r in lines]
+    assert len(keys) == len(set(keys)) == len(reference)                 # none lost, none duplicated
+    assert {k: {f: r[f] for f in SAME} for k, r in zip(keys, lines)} == reference
+    assert json.loads((run_dir / "results.json").read_text())["tasks"]["shapes_gqa"]["n"] > 0
+
+
+def test_cancelled_job_resumes_when_rerun(cluster, env, reference, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
+    limit = ["limit=20"]
+    proc = submit(sweep, env, *LONG, *limit)
+    job = f"{array_id(sweep)}_0"
+    deadline = time.time() + 300
+    while count_lines(run_dir / "samples.jsonl") < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scancel", job], check=True)
+    out, _ = proc.communicate(timeout=300)                              # the submitter does not hang
+    assert proc.returncode != 0 and "CANCELLED" in out, out[-3000:]
+    before = (run_dir / "samples.jsonl").read_text().splitlines()
+    assert 3 <= len(before) and not (run_dir / "results.json").exists()
+
+    proc = submit(sweep, env, *LONG, *limit)                            # the same sweep dir: resume
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    after = (run_dir / "samples.jsonl").read_text().splitlines()
+    assert after[:len(before)] == before                               # what was done is kept as it was
+    lines = [json.loads(line) for line in after]
+    keys = [(r["task"], r["doc_id"]) for r in lines]
+    expected = {k: v for k, v in reference.items() if k[1] < 20}
+    assert len(keys) == len(set(keys)) == len(expected)
+    assert {k: {f: r[f] for f in SAME} for k, r in zip(keys, lines)} == expected
