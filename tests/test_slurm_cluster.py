@@ -90,13 +90,13 @@ def submit(sweep: Path, env: dict, *overrides: str) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def array_id(sweep: Path, timeout: float = 120) -> str:
-    """The Slurm array id of the sweep, read from submitit's folder once the array is submitted."""
+def array_id(sweep: Path, timeout: float = 600) -> str:
+    """The Slurm id of the sweep (an array, or a plain job for a one-job sweep), from submitit's folder."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ids = {p.name.split("_")[0] for p in (sweep / ".submitit").glob("*_*") if p.is_dir()}
+        ids = [p.parent.name for p in (sweep / ".submitit").glob("*/*_submission.sh")]
         if ids:
-            return ids.pop()
+            return ids[0]
         time.sleep(0.5)
     raise AssertionError(f"no job submitted under {sweep / '.submitit'} within {timeout}s")
 
@@ -157,8 +157,8 @@ def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
     run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
     start = time.time()
     proc = submit(sweep, env, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
-                  "hydra.launcher.max_num_timeout=3")
-    job = f"{array_id(sweep)}_0"
+                  "hydra.launcher.max_num_timeout=6")
+    job = array_id(sweep)                                # one job: not an array
     timeline, last = [], None
     while proc.poll() is None and time.time() - start < 600:
         now = (squeue_state(job) or "GONE", count_lines(run_dir / "samples.jsonl"))
@@ -192,7 +192,7 @@ def test_cancelled_job_resumes_when_rerun(cluster, env, reference, tmp_path):
     run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
     limit = ["limit=20"]
     proc = submit(sweep, env, *LONG, *limit)
-    job = f"{array_id(sweep)}_0"
+    job = array_id(sweep)
     deadline = time.time() + 300
     while count_lines(run_dir / "samples.jsonl") < 3 and time.time() < deadline:
         time.sleep(0.2)
