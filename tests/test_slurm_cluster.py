@@ -157,7 +157,7 @@ def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
     run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
     start = time.time()
     proc = submit(sweep, env, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
-                  "hydra.launcher.max_num_timeout=6")
+                  "hydra.launcher.max_num_timeout=10")
     job = array_id(sweep)                                # one job: not an array
     timeline, last = [], None
     while proc.poll() is None and time.time() - start < 600:
