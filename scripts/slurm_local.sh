@@ -71,6 +71,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# a requeued job is held cred_expire+1 s, then starts at the next main scheduling pass: every 5 s, not 60
+SchedulerParameters=sched_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 ReturnToService=2

@@ -25,8 +25,10 @@ pytestmark = pytest.mark.slurm
 RESOURCES = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
              "hydra.launcher.mem_gb=2", "logger=none"]
 TINY = ["model=tiny_random", "tasks=fixtures", "tasks.names=[gqa,pope_random]", "limit=2", "max_new_tokens=2"]
-# the default embedded model on the full shapes suite: 380 samples, over a minute of work on one CPU thread
-LONG = ["method=fastv", "budget=64"]
+# the default embedded model on the shapes suite, 20 samples per task: 100 samples, ~20 s of work on one CPU thread
+LONG = ["method=fastv", "budget=64", "limit=20"]
+RUN = "tiny_llava_shapes/shapes/fastv-64"             # the run dir of LONG under a sweep dir
+EVERY = 10                                           # samples an attempt writes before the test interrupts it
 SAME = ("task", "doc_id", "target", "response", "n_new_tokens", "vision_per_layer", "error")
 
 
@@ -101,6 +103,20 @@ def array_id(sweep: Path, timeout: float = 600) -> str:
     raise AssertionError(f"no job submitted under {sweep / '.submitit'} within {timeout}s")
 
 
+def job_state(job: str) -> tuple[str, int] | None:
+    """(state, number of requeues so far) of a job, from the controller; None once it has left it."""
+    proc = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+    fields = dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
+    return (fields["JobState"], int(fields["Restarts"])) if proc.returncode == 0 and "JobState" in fields else None
+
+
+def wait_until(condition, what: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.2)
+
+
 def squeue_state(job: str) -> str | None:
     out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.split()
     return out[0] if out else None
@@ -151,64 +167,93 @@ def test_failed_job_shows_its_error_and_the_others_finish(cluster, env, tmp_path
 
 
 def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
-    """A 1-minute limit: Slurm signals the job (USR2, up to 30 s before limit - signal_delay_s), submitit requeues
-    it (max_num_timeout) and the rerun in the same run dir resumes from samples.jsonl."""
+    """A job at its time limit is requeued (max_num_timeout) into the same run dir and resumes; twice.
+
+    At the limit Slurm sends USR2 `signal_delay_s` before it (`#SBATCH --signal=USR2@120`, to the job's srun step,
+    where submitit's handler runs). The test sends that same signal itself (`scancel --signal=USR2`) once the
+    current attempt has written EVERY samples, so each attempt is cut mid-run whatever the machine's speed (a real
+    1-minute limit would cut it after an unknown number of samples, or never on a fast machine). With
+    timeout_min <= 10 submitit counts every USR2 as a time-out: it requeues the job and uses up one of
+    max_num_timeout (2 here, so both requeues are needed and allowed). The real limit (10 min) is never reached.
+    """
     sweep = tmp_path / "sweep"
-    run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
+    run_dir = sweep / RUN
     start = time.time()
-    proc = submit(sweep, env, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
-                  "hydra.launcher.max_num_timeout=10")
+    proc = submit(sweep, env, *LONG, "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=2")
     job = array_id(sweep)                                # one job: not an array
-    timeline, last = [], None
-    while proc.poll() is None and time.time() - start < 600:
-        now = (squeue_state(job) or "GONE", count_lines(run_dir / "samples.jsonl"))
-        if now[0] != (last or ("", 0))[0]:
-            timeline.append((round(time.time() - start), *now))
-        last = now
+    assert "#SBATCH --signal=USR2@120" in (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+
+    def now() -> int:
+        return round(time.time() - start)
+
+    timeline = [(0, "submitted", 0)]                     # (s since submission, event, lines in samples.jsonl)
+    at_requeue, attempt_start, signalled, last = [], 0, 0, None
+    while proc.poll() is None:
+        assert time.time() - start < 900, timeline
+        state, n = job_state(job), count_lines(run_dir / "samples.jsonl")
+        if state != last and state is not None:
+            timeline.append((now(), f"{state[0]} (attempt {state[1] + 1})", n))
+            if state[1] > len(at_requeue):              # requeued: the attempt before is over, its samples are in
+                at_requeue.append((run_dir / "samples.jsonl").read_text())
+            if state[0] == "RUNNING":
+                attempt_start = n
+        last = state
+        if state == ("RUNNING", signalled) and signalled < 2 and n >= attempt_start + EVERY:
+            subprocess.run(["scancel", "--signal=USR2", job], check=True)
+            signalled += 1
+            timeline.append((now(), "USR2 sent (as at the time limit)", n))
         time.sleep(0.5)
     out, _ = proc.communicate(timeout=60)
-    timeline.append((round(time.time() - start), "SUBMITTER EXITED", count_lines(run_dir / "samples.jsonl")))
-    print("\ntimeline (s since submission, squeue state, lines in samples.jsonl):", *timeline, sep="\n  ")
+    final = (run_dir / "samples.jsonl").read_text()
+    timeline.append((now(), "submitter exited", count_lines(run_dir / "samples.jsonl")))
+    print("\ntimeline (s since submission, event, lines in samples.jsonl):", *timeline, sep="\n  ")
     assert proc.returncode == 0, out[-3000:]
-    wait_gone(job, 60)
+    wait_gone(job, 120)
     attempts = sacct(job)
     print("attempts (sacct -D):", *attempts, sep="\n  ")
 
+    assert [a["State"] for a in attempts] == ["REQUEUED", "REQUEUED", "COMPLETED"], attempts
     log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
-    assert "Requeued job" in log, log[-3000:]
-    assert attempts[0]["State"] == "REQUEUED" and attempts[-1]["State"] == "COMPLETED", attempts
-    at_requeue = next(n for (_, state, n), (_, before, _) in zip(timeline[1:], timeline) if before == "RUNNING")
-    assert 0 < at_requeue < len(reference), timeline   # stopped mid-run, after it had written samples
-
-    lines = samples(run_dir)
+    assert f"Requeued job {job} (1 remaining timeouts)" in log and f"Requeued job {job} (0 remaining timeouts)" in log
+    counts = [len(text.splitlines()) for text in at_requeue]
+    print(f"samples at each requeue: {counts}; at the end: {len(final.splitlines())} (uninterrupted: {len(reference)})")
+    assert len(counts) == 2 and EVERY <= counts[0] < counts[1] < len(reference), counts  # cut mid-run, twice
+    assert all(final.startswith(text) for text in at_requeue)          # what was done is kept as it was
+    lines = [json.loads(line) for line in final.splitlines()]
     keys = [(r["task"], r["doc_id"]) for r in lines]
     assert len(keys) == len(set(keys)) == len(reference)                 # none lost, none duplicated
     assert {k: {f: r[f] for f in SAME} for k, r in zip(keys, lines)} == reference
-    assert json.loads((run_dir / "results.json").read_text())["tasks"]["shapes_gqa"]["n"] > 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert sum(task["n"] for task in results["tasks"].values()) == len(reference)
 
 
 def test_cancelled_job_resumes_when_rerun(cluster, env, reference, tmp_path):
-    sweep = tmp_path / "sweep"
-    run_dir = sweep / "tiny_llava_shapes/shapes/fastv-64"
-    limit = ["limit=20"]
-    proc = submit(sweep, env, *LONG, *limit)
-    job = array_id(sweep)
-    deadline = time.time() + 300
-    while count_lines(run_dir / "samples.jsonl") < 3 and time.time() < deadline:
-        time.sleep(0.2)
-    subprocess.run(["scancel", job], check=True)
-    out, _ = proc.communicate(timeout=300)                              # the submitter does not hang
-    assert proc.returncode != 0 and "CANCELLED" in out, out[-3000:]
-    before = (run_dir / "samples.jsonl").read_text().splitlines()
-    assert 3 <= len(before) and not (run_dir / "results.json").exists()
+    """scancel mid-run, then the same command with the same sweep dir: the run resumes from its samples.jsonl.
 
-    proc = submit(sweep, env, *LONG, *limit)                            # the same sweep dir: resume
+    The job is suspended before `scancel`, so it stops where it is: a running job gets SIGTERM, which submitit
+    ignores, and goes on until Slurm's SIGKILL KillWait seconds later, far enough to finish on a fast machine.
+    """
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / RUN
+    proc = submit(sweep, env, *LONG)
+    job = array_id(sweep)
+    wait_until(lambda: count_lines(run_dir / "samples.jsonl") >= EVERY, f"{EVERY} samples written", 600)
+    subprocess.run(["scontrol", "suspend", job], check=True)
+    subprocess.run(["scancel", job], check=True)
+    out, _ = proc.communicate(timeout=600)                              # the submitter does not hang
+    assert proc.returncode != 0 and "CANCELLED" in out, out[-3000:]
+    wait_gone(job, 120)
+    assert [a["State"].split()[0] for a in sacct(job)] == ["CANCELLED"]           # "CANCELLED by <uid>"
+    before = (run_dir / "samples.jsonl").read_text()
+    assert EVERY <= len(before.splitlines()) < len(reference) and not (run_dir / "results.json").exists()
+
+    proc = submit(sweep, env, *LONG)                                    # the same sweep dir: resume
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    after = (run_dir / "samples.jsonl").read_text().splitlines()
-    assert after[:len(before)] == before                               # what was done is kept as it was
-    lines = [json.loads(line) for line in after]
+    after = (run_dir / "samples.jsonl").read_text()
+    print(f"\nsamples when cancelled: {len(before.splitlines())}; after the rerun: {len(after.splitlines())}")
+    assert after.startswith(before)                                     # what was done is kept as it was
+    lines = [json.loads(line) for line in after.splitlines()]
     keys = [(r["task"], r["doc_id"]) for r in lines]
-    expected = {k: v for k, v in reference.items() if k[1] < 20}
-    assert len(keys) == len(set(keys)) == len(expected)
-    assert {k: {f: r[f] for f in SAME} for k, r in zip(keys, lines)} == expected
+    assert len(keys) == len(set(keys)) == len(reference)                 # none lost, none duplicated
+    assert {k: {f: r[f] for f in SAME} for k, r in zip(keys, lines)} == reference
