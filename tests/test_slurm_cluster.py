@@ -86,10 +86,42 @@ def count_lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def submit(sweep: Path, env: dict, *overrides: str) -> subprocess.Popen:
-    """Start `run.py -m` through the SLURM launcher (it waits for the array) in the background."""
-    return subprocess.Popen([sys.executable, "run.py", "-m", *RESOURCES, *overrides, f"hydra.sweep.dir={sweep}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class Submission:
+    """`run.py -m` through the SLURM launcher, running in the background (it waits for its jobs).
+
+    Its console goes to a file: a pipe nobody reads while the test watches the job could fill up and block it.
+    """
+
+    def __init__(self, sweep: Path, env: dict, overrides: tuple[str, ...]):
+        self.sweep = sweep
+        self.console = sweep.parent / f"console-{len(list(sweep.parent.glob('console-*')))}.txt"
+        with self.console.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "run.py", "-m", *RESOURCES, *overrides, f"hydra.sweep.dir={sweep}"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+            )
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        """Exit status and console of the submitting command."""
+        return self.proc.wait(timeout=timeout), self.console.read_text()
+
+
+@pytest.fixture
+def submit(env):
+    """submit(sweep, *overrides) -> Submission. Afterwards: submitters still running are stopped, jobs cancelled."""
+    started: list[Submission] = []
+
+    def start(sweep: Path, *overrides: str) -> Submission:
+        started.append(Submission(sweep, env, overrides))
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+        for script in (run.sweep / ".submitit").glob("*/*_submission.sh"):
+            subprocess.run(["scancel", script.parent.name.split("_")[0]], capture_output=True)
 
 
 def array_id(sweep: Path, timeout: float = 600) -> str:
@@ -137,11 +169,10 @@ def sacct(job: str) -> list[dict]:
     return [dict(zip(fields.split(","), line.split("|"))) for line in out.splitlines()]
 
 
-def test_array_of_two_jobs(cluster, env, tmp_path):
+def test_array_of_two_jobs(cluster, submit, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = submit(sweep, env, "method=vanilla,fastv", "budget=64", *TINY)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+    code, out = submit(sweep, "method=vanilla,fastv", "budget=64", *TINY).wait(timeout=900)
+    assert code == 0, out[-3000:]
     found = sorted(p.parent.relative_to(sweep).as_posix() for p in sweep.rglob("results.json"))
     assert found == ["tiny_random/fixtures/fastv-64", "tiny_random/fixtures/vanilla-64"]
     job = array_id(sweep)
@@ -152,12 +183,11 @@ def test_array_of_two_jobs(cluster, env, tmp_path):
     assert "sacct error" not in out                     # job states come from accounting
 
 
-def test_failed_job_shows_its_error_and_the_others_finish(cluster, env, tmp_path):
+def test_failed_job_shows_its_error_and_the_others_finish(cluster, submit, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = submit(sweep, env, "method=fastv", "budget=700,64", *TINY)  # job 0: budget 700 > 576 image tokens
-    out, _ = proc.communicate(timeout=600)
+    code, out = submit(sweep, "method=fastv", "budget=700,64", *TINY).wait(timeout=900)  # job 0: 700 > 576 tokens
     job = array_id(sweep)
-    assert proc.returncode != 0
+    assert code != 0
     assert "budget=700" in out and "FAILED" in out, out[-3000:]        # the job's own error, in this console
     assert "budget=700" in (sweep / ".submitit" / f"{job}_0" / f"{job}_0_0_log.err").read_text()
     wait_gone(job, 300)
@@ -166,30 +196,32 @@ def test_failed_job_shows_its_error_and_the_others_finish(cluster, env, tmp_path
     assert [r["State"] for r in sacct(job)] == ["FAILED", "COMPLETED"]
 
 
-def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
+def test_time_limit_requeues_and_resumes(cluster, submit, reference, tmp_path):
     """A job at its time limit is requeued (max_num_timeout) into the same run dir and resumes; twice.
 
-    At the limit Slurm sends USR2 `signal_delay_s` before it (`#SBATCH --signal=USR2@120`, to the job's srun step,
-    where submitit's handler runs). The test sends that same signal itself (`scancel --signal=USR2`) once the
-    current attempt has written EVERY samples, so each attempt is cut mid-run whatever the machine's speed (a real
-    1-minute limit would cut it after an unknown number of samples, or never on a fast machine). With
+    At the limit Slurm sends USR2 `signal_delay_s` before it (`#SBATCH --signal=USR2@<s>`, to the job's srun
+    step, where submitit's handler runs). The test sends that same signal itself (`scancel --signal=USR2`) once
+    the current attempt has written EVERY samples, so each attempt is cut mid-run whatever the machine's speed (a
+    real 1-minute limit would cut it after an unknown number of samples, or never on a fast machine). With
     timeout_min <= 10 submitit counts every USR2 as a time-out: it requeues the job and uses up one of
-    max_num_timeout (2 here, so both requeues are needed and allowed). The real limit (10 min) is never reached.
+    max_num_timeout (2 here: both requeues are needed and allowed). The real limit, 10 min per attempt with its
+    USR2 30-60 s before, only matters on a machine that stalls for minutes.
     """
     sweep = tmp_path / "sweep"
     run_dir = sweep / RUN
     start = time.time()
-    proc = submit(sweep, env, *LONG, "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=2")
+    run = submit(sweep, *LONG, "hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30",
+                 "hydra.launcher.max_num_timeout=2")
     job = array_id(sweep)                                # one job: not an array
-    assert "#SBATCH --signal=USR2@120" in (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+    assert "#SBATCH --signal=USR2@30" in (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
 
     def now() -> int:
         return round(time.time() - start)
 
     timeline = [(0, "submitted", 0)]                     # (s since submission, event, lines in samples.jsonl)
     at_requeue, attempt_start, signalled, last = [], 0, 0, None
-    while proc.poll() is None:
-        assert time.time() - start < 900, timeline
+    while run.proc.poll() is None:
+        assert time.time() - start < 3 * 660, timeline   # three attempts, each within its 10-min limit
         state, n = job_state(job), count_lines(run_dir / "samples.jsonl")
         if state != last and state is not None:
             timeline.append((now(), f"{state[0]} (attempt {state[1] + 1})", n))
@@ -203,11 +235,11 @@ def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
             signalled += 1
             timeline.append((now(), "USR2 sent (as at the time limit)", n))
         time.sleep(0.5)
-    out, _ = proc.communicate(timeout=60)
+    code, out = run.wait(timeout=60)
     final = (run_dir / "samples.jsonl").read_text()
     timeline.append((now(), "submitter exited", count_lines(run_dir / "samples.jsonl")))
     print("\ntimeline (s since submission, event, lines in samples.jsonl):", *timeline, sep="\n  ")
-    assert proc.returncode == 0, out[-3000:]
+    assert code == 0, out[-3000:]
     wait_gone(job, 120)
     attempts = sacct(job)
     print("attempts (sacct -D):", *attempts, sep="\n  ")
@@ -227,7 +259,7 @@ def test_time_limit_requeues_and_resumes(cluster, env, reference, tmp_path):
     assert sum(task["n"] for task in results["tasks"].values()) == len(reference)
 
 
-def test_cancelled_job_resumes_when_rerun(cluster, env, reference, tmp_path):
+def test_cancelled_job_resumes_when_rerun(cluster, submit, reference, tmp_path):
     """scancel mid-run, then the same command with the same sweep dir: the run resumes from its samples.jsonl.
 
     The job is suspended before `scancel`, so it stops where it is: a running job gets SIGTERM, which submitit
@@ -235,21 +267,20 @@ def test_cancelled_job_resumes_when_rerun(cluster, env, reference, tmp_path):
     """
     sweep = tmp_path / "sweep"
     run_dir = sweep / RUN
-    proc = submit(sweep, env, *LONG)
+    run = submit(sweep, *LONG)
     job = array_id(sweep)
-    wait_until(lambda: count_lines(run_dir / "samples.jsonl") >= EVERY, f"{EVERY} samples written", 600)
+    wait_until(lambda: count_lines(run_dir / "samples.jsonl") >= EVERY, f"{EVERY} samples written", 900)
     subprocess.run(["scontrol", "suspend", job], check=True)
     subprocess.run(["scancel", job], check=True)
-    out, _ = proc.communicate(timeout=600)                              # the submitter does not hang
-    assert proc.returncode != 0 and "CANCELLED" in out, out[-3000:]
+    code, out = run.wait(timeout=600)                                   # the submitter does not hang
+    assert code != 0 and "CANCELLED" in out, out[-3000:]
     wait_gone(job, 120)
     assert [a["State"].split()[0] for a in sacct(job)] == ["CANCELLED"]           # "CANCELLED by <uid>"
     before = (run_dir / "samples.jsonl").read_text()
     assert EVERY <= len(before.splitlines()) < len(reference) and not (run_dir / "results.json").exists()
 
-    proc = submit(sweep, env, *LONG)                                    # the same sweep dir: resume
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+    code, out = submit(sweep, *LONG).wait(timeout=900)                 # the same sweep dir: resume
+    assert code == 0, out[-3000:]
     after = (run_dir / "samples.jsonl").read_text()
     print(f"\nsamples when cancelled: {len(before.splitlines())}; after the rerun: {len(after.splitlines())}")
     assert after.startswith(before)                                     # what was done is kept as it was
