@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.engine import PruningEngine
-from harness.methods.base import Selection, Stage, StageContext
+from harness.methods.base import Selection, StageContext
+from harness.schedule import Schedule, Stage
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -42,8 +43,8 @@ class AttentionProbe:
         self.budget = num_image_tokens
         self.per_layer: dict[int, torch.Tensor] = {}
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        return [Stage(layer, num_image_tokens) for layer in range(num_layers - 1)]
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        return Schedule([Stage(layer, num_image_tokens) for layer in range(num_layers - 1)], num_image_tokens)
 
     def select(self, ctx: StageContext) -> Selection:
         start, end = ctx.image_span

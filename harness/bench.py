@@ -25,9 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from harness.budget import prefill_flops
 from harness.engine import PruningEngine
 from harness.families import family_of, method_overrides
+from harness.flops import prefill_flops
 from harness.methods import METHOD_CONF, load_method
 from harness.results import write_report
 from harness.runner import versions

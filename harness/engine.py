@@ -48,6 +48,7 @@ from harness.methods.base import (
     StageContext,
     check_choice,
 )
+from harness.schedule import Schedule
 
 ATTN_NAME = "prunebench_sdpa"
 VISION_ATTN_NAME = "prunebench_vision_sdpa"
@@ -141,13 +142,14 @@ class PruningEngine:
         self.num_image_tokens = self.fixed_image_tokens or REFERENCE_TOKENS
         self.pre_llm = getattr(method, "pre_llm", False)
         self._check_family(method)
-        self.stages: list[Stage] = method.schedule(self.num_layers, self.num_image_tokens)
+        self.decision: Schedule = method.schedule(self.num_layers, self.num_image_tokens)  # what the run records
+        self.stages: list[Stage] = self.decision.stages
         self.active = method  # the method at this sample's budget (a copy with a scaled budget on other families)
         self.decode_positions = check_choice(
             "method.decode_positions", getattr(method, "decode_positions", "global"), DECODE_POSITIONS
         )
         # A pre-LLM method has no stages: its budget is the size of what `reduce` returns (checked in `generate`).
-        check_schedule(self.stages, method.budget, self.num_layers, self.num_image_tokens, method.name,
+        check_schedule(self.stages, self.decision.budget, self.num_layers, self.num_image_tokens, method.name,
                        check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
         self._use_stages(self.stages)
         self._schedules = {self.num_image_tokens: (method, self.stages)}
@@ -187,10 +189,10 @@ class PruningEngine:
         if image_tokens not in self._schedules:
             method = copy.copy(self.method)
             method.budget = scaled_budget(self.method.budget, image_tokens)
-            stages = method.schedule(self.num_layers, image_tokens)
-            check_schedule(stages, method.budget, self.num_layers, image_tokens, method.name,
+            decision = method.schedule(self.num_layers, image_tokens)
+            check_schedule(decision.stages, decision.budget, self.num_layers, image_tokens, method.name,
                            check_budget=getattr(method, "schedule_kind", "matched") == "matched")
-            self._schedules[image_tokens] = (method, stages)
+            self._schedules[image_tokens] = (method, decision.stages)
         self.active, stages = self._schedules[image_tokens]
         self._use_stages(stages)
 
@@ -453,7 +455,7 @@ class PruningEngine:
         embeds = self.model.get_input_embeddings()(input_ids)  # [1, N, d]
         kept_image = torch.arange(0, device=input_ids.device)
         n_merged = 0
-        if end > start and self.method.budget == 0:  # no image token survives (blind): skip the vision tower
+        if end > start and self.decision.budget == 0:  # no image token survives (blind): skip the vision tower
             embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
         elif end > start:
             self.vision_capture, self.capture_s = None, 0.0
@@ -471,17 +473,18 @@ class PruningEngine:
                 vision_hidden = vision.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
                 vision_hidden = vision_hidden[1:] if config.vision_feature_select_strategy == "default" else vision_hidden
             generator = torch.Generator().manual_seed(self.sample_seed * 1000)
-            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator, vision_hidden, instruction))
+            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator, vision_hidden, instruction,
+                                                   budget=self.decision.budget))
             kept_image = sel.keep.to(input_ids.device)
             parts = [features[kept_image]]
             if sel.merged is not None and sel.merged.shape[0]:
                 n_merged = sel.merged.shape[0]
                 parts.append(sel.merged.to(features.dtype))
             image = torch.cat(parts).to(embeds.dtype)  # [B, d]
-            if image.shape[0] != self.method.budget:
+            if image.shape[0] != self.decision.budget:
                 raise RuntimeError(
                     f"{self.method.name} returned {kept_image.numel()} kept + {n_merged} merged image tokens, "
-                    f"expected budget={self.method.budget}"
+                    f"expected budget={self.decision.budget}"
                 )
             embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
         n_image = kept_image.numel() + n_merged

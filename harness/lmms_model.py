@@ -15,8 +15,8 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from harness.budget import prefill_flops
 from harness.engine import PruningEngine
+from harness.flops import prefill_flops
 from harness.results import SampleLog
 from harness.scoring import scorer_for
 from harness.timing import Clock, FirstLogits

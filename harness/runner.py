@@ -19,7 +19,7 @@ import harness
 import numpy as np
 import torch
 import transformers
-from harness.budget import paper_budget
+from harness.schedule import paper_budget
 from harness.engine import PruningEngine
 from harness.families import method_overrides
 from harness.results import SCHEMA, SampleLog, write_json_atomic
@@ -277,7 +277,7 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         tokens["image_tokens"] = float(np.mean([r["image_tokens"] for r in with_image]))
         tokens["realized_fraction"] = float(np.mean([np.mean(r["vision_per_layer"]) / r["image_tokens"]
                                                      for r in with_image]))
-        tokens["budget_label"] = engine.family.budget_label(engine.method.budget, tokens["image_tokens"])
+        tokens["budget_label"] = engine.family.budget_label(engine.decision.budget, tokens["image_tokens"])
     if cfg.method.get("schedule") in ("paper", "derived"):
         tokens["avg_vision_tokens_paper"] = paper_budget(engine.stages, num_layers, num_images)
 
@@ -316,7 +316,7 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
     results = {
         "schema": SCHEMA,
         "method": cfg.method_name, "model": cfg.model.name, "seed": cfg.seed,
-        "budget": engine.method.budget,  # vanilla: 576, blind: 0, whatever budget= said
+        "budget": engine.decision.budget,  # vanilla: 576, blind: 0, whatever budget= said
         "limit": cfg.limit,
         "tasks": tasks,
         "tokens": tokens,

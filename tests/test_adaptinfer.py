@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import rotate_half
 
-from harness.budget import paper_budget, realized_budget
 from harness.engine import PruningEngine
 from harness.methods.adaptinfer import AdaptInfer
+from harness.schedule import paper_budget, realized_budget
 
 V = 576
 ROOT = Path(__file__).parents[1]
@@ -101,11 +101,11 @@ def test_kept_sets_and_logits_match_a_hand_rebuilt_reference(tiny, prompts, budg
 
 def test_published_schedule_accounting():
     """The published '64' (133/27/3) realizes 82.9 tokens; its own accounting says 65.0."""
-    stages = AdaptInfer(64, schedule="paper").schedule(32, V)
+    stages = AdaptInfer(64, schedule="paper").schedule(32, V).stages
     assert [(s.layer, s.keep) for s in stages] == [(1, 133), (10, 27), (20, 3)]
     assert realized_budget(stages, 32, V) == pytest.approx(82.875)
     assert paper_budget(stages, 32, V) == pytest.approx(64.96875)
-    assert realized_budget(AdaptInfer(128, schedule="paper").schedule(32, V), 32, V) == pytest.approx(146.25)
+    assert realized_budget(AdaptInfer(128, schedule="paper").schedule(32, V).stages, 32, V) == pytest.approx(146.25)
     with pytest.raises(ValueError, match=r"budget=100 has no published AdaptInfer schedule \(allowed: \[32, 48, 64, 128\]\)"):
         AdaptInfer(100, schedule="paper").schedule(32, V)
 
@@ -117,7 +117,7 @@ def test_192_is_derived_never_published():
                                          r"\[192\] with schedule=derived"):
         AdaptInfer(192, schedule="paper").schedule(32, V)
     method = AdaptInfer(192, schedule="derived")
-    stages = method.schedule(32, V)
+    stages = method.schedule(32, V).stages
     assert [(s.layer, s.keep) for s in stages] == [(1, 384), (10, 160), (20, 43)]
     assert paper_budget(stages, 32, V) == pytest.approx(192.125)
     assert method.schedule_kind == "derived"
@@ -128,7 +128,7 @@ def test_192_is_derived_never_published():
 def test_matched_schedule_keeps_the_published_ratios():
     """Ratios of the nearest published entry: 192 scales the published 128 (290/72/18), not the derived 192."""
     for budget, published in [(192, (290, 72, 18)), (128, (290, 72, 18)), (64, (133, 27, 3))]:
-        stages = AdaptInfer(budget).schedule(32, V)
+        stages = AdaptInfer(budget).schedule(32, V).stages
         assert abs(realized_budget(stages, 32, V) - budget) <= 1
         scale = stages[0].keep / published[0]
         for stage, count in zip(stages, published):

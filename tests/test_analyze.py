@@ -63,4 +63,4 @@ def test_written_config_runs_adaptinfer_with_the_proposed_layers(tmp_path, monke
     assert text.startswith("# python run.py method=adaptinfer_m")
     cfg = OmegaConf.create({"budget": 128, "method": OmegaConf.load(path)})
     method = instantiate(cfg.method)
-    assert method.name == "adaptinfer" and [s.layer for s in method.schedule(32, 576)] == [3, 9, 20]
+    assert method.name == "adaptinfer" and [s.layer for s in method.schedule(32, 576).stages] == [3, 9, 20]

@@ -106,7 +106,7 @@ def test_method_instantiates_and_schedules(name, budget):
     assert cfg.method._target_.startswith(f"harness.methods.{name}."), cfg.method._target_
     method = instantiate(cfg.method)
     assert method.name == name == cfg.method_name
-    stages = method.schedule(L, V)  # validates the budget and every option against the 7B layout
+    stages = method.schedule(L, V).stages  # validates the budget and every option against the 7B layout
     assert all(0 <= s.layer < L for s in stages)
 
 

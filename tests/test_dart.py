@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from harness.budget import realized_budget
 from harness.engine import PruningEngine
 from harness.methods import load_method
 from harness.methods.dart import DART
+from harness.schedule import realized_budget
 
 V, L = 576, 32
 
@@ -78,10 +78,10 @@ def test_paper_selection_matches_the_official_code(tiny, prompts, budget, index)
 
 def test_matched_counts_and_realized_budget():
     for budget, keep in [(192, 166), (128, 98), (64, 30)]:
-        stages = load_method("dart", budget).schedule(L, V)
+        stages = load_method("dart", budget).schedule(L, V).stages
         assert [(s.layer, s.keep) for s in stages] == [(1, keep)]
         assert abs(realized_budget(stages, L, V) - budget) <= 1
-    stages = load_method("dart", 128, schedule="paper").schedule(L, V)
+    stages = load_method("dart", 128, schedule="paper").schedule(L, V).stages
     assert [(s.layer, s.keep) for s in stages] == [(1, 132)] and realized_budget(stages, L, V) == 159.75
 
 
@@ -93,7 +93,7 @@ def test_matched_quota_split_when_pivots_do_not_divide(tiny, prompts):
     start = int((inputs["input_ids"][0] == model.config.image_token_index).nonzero()[0])
     hidden_out, keys = layer_inputs(model, inputs, 2)
     method = load_method("dart", 102)
-    assert method.schedule(L, V)[0].keep == 70
+    assert method.schedule(L, V).stages[0].keep == 70
     engine = PruningEngine(model, method, record_kept=True)
     with torch.no_grad(), engine:
         engine.generate(inputs, max_new_tokens=1, do_sample=False)

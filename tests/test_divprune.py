@@ -33,8 +33,8 @@ def official_divprune(features: torch.Tensor, k: int) -> list[int]:
 def test_selection_matches_the_official_loop(budget):
     features = torch.randn(V, 24, generator=torch.Generator().manual_seed(budget))
     method = load_method("divprune", budget)
-    method.schedule(32, V)
-    sel = method.reduce(PreLLMContext(features, None, None, torch.Generator()))
+    assert method.schedule(32, V).budget == budget
+    sel = method.reduce(PreLLMContext(features, None, None, torch.Generator(), budget=budget))
     picks = official_divprune(features, budget)
     assert len(set(picks)) == budget
     assert sel.keep.tolist() == sorted(picks)
@@ -86,7 +86,7 @@ def test_engine_feeds_the_selected_features_in_order(tiny, prompts):
 
 def test_paper_schedule_is_the_official_ratio():
     method = load_method("divprune", 56, schedule="paper")
-    assert method.schedule(32, V) == []
+    assert method.schedule(32, V).stages == []
     with pytest.raises(ValueError, match=r"budget=64 does not match divprune schedule=paper .*allowed: budget=56"):
         load_method("divprune", 64, schedule="paper").schedule(32, V)
     with pytest.raises(ValueError, match=r"method.schedule='best' is not allowed"):

@@ -5,14 +5,13 @@ That every method config composes and instantiates is in test_configs.py.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from conftest import QUESTIONS
 
-from harness.budget import realized_budget, vision_per_layer
 from harness.engine import PruningEngine
 from harness.methods import load_method, method_names
-from conftest import QUESTIONS
+from harness.schedule import realized_budget, vision_per_layer
 
 METHODS = method_names()
 NO_BUDGET = {"vanilla", "blind"}  # they ignore the budget by definition
@@ -24,7 +23,7 @@ V, L = 576, 32
 def test_matched_budget_is_realized_on_the_7b_layout(name, budget):
     """Realized mean of image tokens entering each layer (merged included) = budget +-1 on 32 layers, 576 tokens."""
     method = load_method(name, budget)
-    stages = method.schedule(L, V)
+    stages = method.schedule(L, V).stages
     if getattr(method, "pre_llm", False):
         assert stages == []
         return  # every layer sees the reduced block; the engine test below checks the count

@@ -20,9 +20,9 @@ from reference import NAME as MASKED_EAGER
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from harness.budget import realized_budget
 from harness.engine import PruningEngine
 from harness.methods.pdrop import PDrop
+from harness.schedule import realized_budget
 
 METHOD_DIR = Path(__file__).parents[1] / "conf" / "method"
 V = 576
@@ -66,15 +66,16 @@ def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
 def test_matched_schedule_realizes_budget_on_7b_layout(budget, ratio):
     """Stages before 2/8/16 on 32 layers x 576 tokens: realized = B +-1; the solved ratio is the published one."""
     method = make_pdrop(budget)
-    stages = method.schedule(32, V)
+    decision = method.schedule(32, V)
+    stages, solved = decision.stages, decision.facts["ratio"]
     assert [(s.layer, s.enters, s.before) for s in stages] == [(2, 2, True), (8, 8, True), (16, 16, True)]
     assert abs(realized_budget(stages, 32, V) - budget) <= 1
-    assert abs(method.ratio - ratio) < 0.005
-    assert [s.keep for s in stages] == [round(V * method.ratio ** i) for i in (1, 2, 3)]
+    assert abs(solved - ratio) < 0.005 and method.ratio == 0.5  # the method keeps its configured ratio
+    assert [s.keep for s in stages] == [round(V * solved ** i) for i in (1, 2, 3)]
 
 
 def test_paper_schedule_and_bad_budgets():
-    stages = make_pdrop(270, schedule="paper").schedule(32, V)
+    stages = make_pdrop(270, schedule="paper").schedule(32, V).stages
     assert [(s.enters, s.keep) for s in stages] == [(8, 288), (16, 144), (24, 72)]
     with pytest.raises(ValueError, match="realizes 270.0 image tokens"):
         make_pdrop(192, schedule="paper").schedule(32, V)

@@ -60,9 +60,10 @@ def image_features(model, inputs) -> torch.Tensor:
 def test_pool_grid_and_values_match_hand_average(budget, grid):
     """h x w tokens, row-major; each the plain mean of its adaptive-pooling cells of the 24x24 grid."""
     method = load_method("pool", budget)
-    assert method.schedule(32, V) == [] and method.grid == grid
+    decision = method.schedule(32, V)
+    assert decision.stages == [] and decision.budget == budget and decision.facts == {"grid": grid}
     features = torch.randn(V, 16, generator=torch.Generator().manual_seed(budget))
-    sel = method.reduce(PreLLMContext(features, None, None, torch.Generator()))
+    sel = method.reduce(PreLLMContext(features, None, None, torch.Generator(), budget=budget))
     h, w = grid
     assert sel.keep.numel() == 0 and sel.merged.shape == (budget, 16)
     cells = features.reshape(24, 24, 16)
@@ -121,7 +122,7 @@ def test_blind_removes_the_image_and_ignores_it(tiny, prompts):
         text_ids = ids[ids != model.config.image_token_index]
         assert embeds.shape[0] == ids.shape[0] - V
         assert torch.equal(embeds, model.get_input_embeddings()(text_ids))
-        assert engine.state.vision_per_layer == [0] * 32 and method.budget == 0
+        assert engine.state.vision_per_layer == [0] * 32 and engine.decision.budget == 0
         results.append((new_tokens, out.logits, inputs["pixel_values"]))
     (tokens_a, logits_a, pixels_a), (tokens_b, logits_b, pixels_b) = results
     assert not torch.equal(pixels_a, pixels_b)
@@ -134,7 +135,8 @@ def test_blind_removes_the_image_and_ignores_it(tiny, prompts):
                                           (1, (1, 0)), (576, (576, 0))])
 def test_visionzip_splits(budget, split):
     method = load_method("visionzip", budget)
-    assert method.schedule(32, V) == [] and method.split == split
+    decision = method.schedule(32, V)
+    assert decision.stages == [] and decision.budget == budget and decision.facts == {"split": split}
 
 
 def test_visionzip_matches_eager_vision_attention_and_hand_merge(tiny, prompts):
@@ -181,10 +183,9 @@ def test_visionzip_matches_eager_vision_attention_and_hand_merge(tiny, prompts):
 
 def test_visionzip_full_budget_keeps_everything_in_order():
     method = load_method("visionzip", V)
-    method.schedule(32, V)
     gen = torch.Generator().manual_seed(0)
     ctx = PreLLMContext(torch.randn(V, 8, generator=gen), torch.rand(2, V + 1, generator=gen),
-                        torch.randn(2, V + 1, 4, generator=gen), gen)
+                        torch.randn(2, V + 1, 4, generator=gen), gen, budget=method.schedule(32, V).budget)
     sel = method.reduce(ctx)
     assert sel.keep.tolist() == list(range(V)) and sel.merged is None
 

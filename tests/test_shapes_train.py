@@ -199,7 +199,7 @@ def test_robustness_rows_use_the_harness_random_method():
     """The L2 rows keep exactly 192 / 32 image tokens entering layer 2 on the 32-layer model."""
     for mode, keep in (("L2_random192_original", 192), ("L2_random192_compact", 192), ("L2_random32_original", 32)):
         method = ROBUSTNESS_METHODS[mode]()
-        assert method.schedule(32, 576) == [Stage(1, keep)], mode
+        assert method.schedule(32, 576).stages == [Stage(1, keep)], mode
         assert method.positions == mode.rsplit("_", 1)[1]
     assert ROBUSTNESS_METHODS["pre_random32_compact"]().pre_llm
     with pytest.raises(ValueError, match="keep=33"):

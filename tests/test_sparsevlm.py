@@ -19,9 +19,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.configuration_llama import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from harness.budget import paper_budget, realized_budget, vision_per_layer
 from harness.engine import PruningEngine
 from harness.methods.sparsevlm import SparseVLM, dpc_knn_merge, gravity
+from harness.schedule import paper_budget, realized_budget, vision_per_layer
 
 V, L = 576, 32
 FLOOR = 0.1  # the default gravity guard
@@ -352,7 +352,7 @@ def test_full_budget_is_exactly_vanilla(tiny, prompts):
 )
 def test_v15_published_counts_with_recycling(budget, counts, paper, realized):
     """The published keep counts plus the recycled clusters; the paper's accounting vs the realized mean."""
-    stages = SparseVLM(budget, schedule="paper").schedule(L, V)
+    stages = SparseVLM(budget, schedule="paper").schedule(L, V).stages
     published = {192: [300, 200, 110], 128: [303, 110, 36], 64: [66, 30, 17]}[budget]
     assert [(s.layer, s.keep) for s in stages] == list(zip([2, 6, 15], published))
     assert [s.count for s in stages] == counts
@@ -362,7 +362,7 @@ def test_v15_published_counts_with_recycling(budget, counts, paper, realized):
 
 def test_v2_published_counts():
     for budget, counts in [(192, [300, 200, 118]), (128, [238, 108, 60]), (96, [246, 54, 28]), (64, [66, 34, 20])]:
-        stages = SparseVLM(budget, variant="v2", schedule="paper").schedule(L, V)
+        stages = SparseVLM(budget, variant="v2", schedule="paper").schedule(L, V).stages
         assert [(s.layer, s.keep, s.merged) for s in stages] == [(layer, c, 0) for layer, c in zip([2, 6, 15], counts)]
 
 
@@ -370,7 +370,7 @@ def test_v2_published_counts():
 @pytest.mark.parametrize("budget", [192, 128, 96, 64])
 def test_matched_budget_is_realized_with_merged_tokens(variant, budget):
     """On the 7B layout (32 layers, 576 tokens), merged tokens counted: realized mean = budget +-1."""
-    stages = SparseVLM(budget, variant=variant).schedule(L, V)
+    stages = SparseVLM(budget, variant=variant).schedule(L, V).stages
     assert abs(realized_budget(stages, L, V) - budget) <= 1, stages
     assert [s.layer for s in stages] == [2, 6, 15]
     current = V

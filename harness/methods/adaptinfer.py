@@ -18,8 +18,15 @@ from __future__ import annotations
 
 import torch
 
-from harness.budget import check_budget, scaled_schedule
-from harness.methods.base import DECODE_POSITIONS, Selection, Stage, StageContext, check_choice, top_k_in_order
+from harness.budget import check_budget
+from harness.methods.base import (
+    DECODE_POSITIONS,
+    Selection,
+    StageContext,
+    check_choice,
+    top_k_in_order,
+)
+from harness.schedule import Schedule, Stage, scaled_schedule
 
 # Published counts (paper accounting) for LLaVA-1.5-7B, stages after layers 1 / 10 / 20 (the official
 # score.py). There is no published 192 entry: DERIVED holds one made here (192.1 in the paper's accounting),
@@ -55,7 +62,7 @@ class AdaptInfer:
         self.lam = float(lam)
         self.layers = list(layers) if layers is not None else STAGE_LAYERS
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         budget = check_budget(self.budget, num_image_tokens)
         if self.schedule_kind != "matched":
             table = PUBLISHED if self.schedule_kind == "paper" else DERIVED
@@ -66,9 +73,9 @@ class AdaptInfer:
                     f"published: {sorted(PUBLISHED)} with schedule=paper, derived (not from the paper): "
                     f"{sorted(DERIVED)} with schedule=derived, any budget with schedule=matched"
                 )
-            return [Stage(layer, keep) for layer, keep in zip(self.layers, table[budget])]
+            return Schedule([Stage(layer, keep) for layer, keep in zip(self.layers, table[budget])], budget)
         ratios = PUBLISHED[min(PUBLISHED, key=lambda b: (abs(b - budget), -b))]  # nearest published entry
-        return scaled_schedule(self.name, budget, self.layers, ratios, num_layers, num_image_tokens)
+        return Schedule(scaled_schedule(self.name, budget, self.layers, ratios, num_layers, num_image_tokens), budget)
 
     def select(self, ctx: StageContext) -> Selection:
         start, end = ctx.image_span

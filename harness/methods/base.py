@@ -13,34 +13,12 @@ from typing import Literal, Protocol
 
 import torch
 
+from harness.schedule import Schedule, Stage
+
 QueryRows = Literal["last", "text"] | None
 Positions = Literal["original", "compact"]
 DecodePositions = Literal["global", "per_layer"]
 DECODE_POSITIONS = ("global", "per_layer")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Scores from decoder layer `layer`; `keep` original image tokens (+ `merged` ones) enter layer `layer + 1`.
-
-    With `before=True` (PDrop) the scores come from layer `layer`'s own projections of its input and the
-    kept set already enters layer `layer` itself.
-    """
-
-    layer: int
-    keep: int
-    merged: int = 0
-    before: bool = False
-
-    @property
-    def enters(self) -> int:
-        """The first layer that sees the kept set."""
-        return self.layer if self.before else self.layer + 1
-
-    @property
-    def count(self) -> int:
-        """Image-derived tokens after the stage (kept + merged)."""
-        return self.keep + self.merged
 
 
 @dataclass
@@ -101,6 +79,7 @@ class PreLLMContext:
         vision_hidden: the vision feature layer's patch states before the projector, `[V, dv]`; None unless
             the method sets `needs_vision_hidden`.
         instruction: the user's text of this sample (before the chat template), when the caller gives it.
+        budget: the image tokens to return (kept + merged): the decided `Schedule.budget`.
     """
 
     features: torch.Tensor
@@ -109,6 +88,7 @@ class PreLLMContext:
     generator: torch.Generator
     vision_hidden: torch.Tensor | None = None
     instruction: str | None = None
+    budget: int | None = None
 
 
 class PruningMethod(Protocol):
@@ -121,8 +101,9 @@ class PruningMethod(Protocol):
     # Optional `decode_positions: DecodePositions` (engine default "global"): the RoPE position of a generated
     # token: HF's "global" next position at every layer, or "per_layer": each layer's own cache length.
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        """The stages for this budget on a model with `num_layers` decoder layers (validates the budget)."""
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        """The stages and recorded budget on a model with `num_layers` decoder layers (validates the budget;
+        returns the decision without changing the method)."""
         ...
 
     def select(self, ctx: StageContext) -> Selection:
@@ -138,8 +119,8 @@ class PreLLMMethod(Protocol):
     pre_llm: bool  # True
     needs_vision_attention: bool  # CLS-row attention + keys of the vision feature layer
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        """Validate the budget; a pre-LLM method has no in-LLM stages (returns [])."""
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        """Validate the budget; a pre-LLM method has no in-LLM stages (`Schedule([], budget)`)."""
         ...
 
     def reduce(self, ctx: PreLLMContext) -> Selection:

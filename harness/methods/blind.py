@@ -1,7 +1,7 @@
 """Blind: the language model never sees the image (the image block is removed before the LLM).
 
 The floor below every pruning method: how much of a benchmark a model answers from the text alone. The
-budget is ignored and recorded as 0 on the method (as vanilla records 576). With nothing of the image
+budget is ignored and recorded as 0 (as vanilla records 576). With nothing of the image
 kept, the engine skips the vision tower, so blind's prefill is the text-only prefill.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.methods.base import PreLLMContext, Selection, Stage
+from harness.methods.base import PreLLMContext, Selection
+from harness.schedule import Schedule
 
 
 class Blind:
@@ -22,9 +23,8 @@ class Blind:
     def __init__(self, budget: int | None = None):
         self.budget = budget  # ignored: blind always keeps no image token
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        self.budget = 0
-        return []
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        return Schedule([], 0)
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
         return Selection(keep=torch.zeros(0, dtype=torch.long, device=ctx.features.device))

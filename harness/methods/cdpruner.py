@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 
 from harness.budget import check_budget
-from harness.methods.base import PreLLMContext, Selection, Stage
+from harness.methods.base import PreLLMContext, Selection
+from harness.schedule import Schedule
 from harness.text_encoder import ClipTextTower, load_text_tower
 
 ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."  # removed by the official loader
@@ -94,19 +95,19 @@ class CDPruner:
         self.text_encoder = text_encoder
         self.tower: ClipTextTower | None = None
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        self.budget = check_budget(self.budget, num_image_tokens)
-        if self.budget < num_image_tokens and self.tower is None:  # fail on a missing encoder before any sample
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        budget = check_budget(self.budget, num_image_tokens)
+        if budget < num_image_tokens and self.tower is None:  # fail on a missing encoder before any sample
             if not self.text_encoder:
                 load_text_tower(self.text_encoder, 0)  # raises, naming method.text_encoder and what is allowed
             if self.text_encoder != "tiny":
                 self.tower = load_text_tower(self.text_encoder, None)
-        return []
+        return Schedule([], budget)
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
         features = ctx.features  # [V, d] projected
         n_image = features.shape[0]
-        if self.budget >= n_image:
+        if ctx.budget >= n_image:
             return Selection(keep=torch.arange(n_image, device=features.device))
         if ctx.instruction is None:
             raise ValueError(f"{self.name} conditions on the instruction: call engine.generate(inputs, instruction=...)")
@@ -120,4 +121,4 @@ class CDPruner:
         instruction = ctx.instruction.replace(ANSWER_SUFFIX, "")
         kernel = conditional_kernel(features, self.tower.embed_patches(ctx.vision_hidden),
                                     self.tower.encode_text(instruction))
-        return Selection(keep=torch.sort(greedy_map(kernel, self.budget)).values)
+        return Selection(keep=torch.sort(greedy_map(kernel, ctx.budget)).values)

@@ -41,8 +41,9 @@ from __future__ import annotations
 import torch
 
 from harness.budget import check_budget
-from harness.methods.base import Selection, Stage, StageContext, check_choice
+from harness.methods.base import Selection, StageContext, check_choice
 from harness.methods.fastv import fastv_keep
+from harness.schedule import Schedule, Stage
 
 PAPER_PIVOTS = (4, 4)  # --pivot_image_token 4 --pivot_text_token 4 in every official LLaVA-1.5 script
 
@@ -79,7 +80,7 @@ class DART:
                              "(allowed: pivot_image >= 1, pivot_text >= 0)")
         self.pivot_image, self.pivot_text = int(pivot_image), int(pivot_text)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         budget = check_budget(self.budget, num_image_tokens)
         pivots = self.pivot_image + self.pivot_text
         if self.schedule_kind == "paper":
@@ -95,7 +96,7 @@ class DART:
                     f"budget={budget} is unreachable for {self.name} with K={self.K} and {self.pivot_image} image "
                     f"pivots: it keeps {keep} tokens after layer {self.K - 1} (allowed: {lowest}..{num_image_tokens})"
                 )
-        return [Stage(self.K - 1, keep)]
+        return Schedule([Stage(self.K - 1, keep)], budget)
 
     def select(self, ctx: StageContext) -> Selection:
         start, end = ctx.image_span

@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 
 from harness.budget import check_budget
-from harness.methods.base import PreLLMContext, Selection, Stage, check_choice
+from harness.methods.base import PreLLMContext, Selection, check_choice
+from harness.schedule import Schedule
 
 PAPER_RATIO = 0.098  # run_Divprune.sh: SUBSET_RATIO=0.098 -> 56 of 576 tokens
 
@@ -86,21 +87,21 @@ class DivPrune:
             raise ValueError(f"method.ratio={ratio!r} is not allowed (allowed: 0 < ratio <= 1)")
         self.ratio = float(ratio)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        self.budget = check_budget(self.budget, num_image_tokens)
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        budget = check_budget(self.budget, num_image_tokens)
         if self.schedule_kind == "paper":
             count = round(self.ratio * num_image_tokens)
-            if self.budget != count:
+            if budget != count:
                 raise ValueError(
-                    f"budget={self.budget} does not match {self.name} schedule=paper (ratio {self.ratio} of "
+                    f"budget={budget} does not match {self.name} schedule=paper (ratio {self.ratio} of "
                     f"{num_image_tokens} image tokens keeps {count}) (allowed: budget={count}, or schedule=matched)"
                 )
-        return []
+        return Schedule([], budget)
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
         features = ctx.features  # [V, d] projected
         n_image = features.shape[0]
-        if self.budget >= n_image:
+        if ctx.budget >= n_image:
             return Selection(keep=torch.arange(n_image, device=features.device))
-        chosen = max_min_select(cosine_distance(features), self.budget)  # [B] in pick order
+        chosen = max_min_select(cosine_distance(features), ctx.budget)  # [B] in pick order
         return Selection(keep=torch.sort(chosen).values)

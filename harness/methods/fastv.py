@@ -9,7 +9,14 @@ layer (`decode_positions=global`).
 from __future__ import annotations
 
 from harness.budget import check_budget
-from harness.methods.base import DECODE_POSITIONS, Selection, Stage, StageContext, check_choice, top_k_in_order
+from harness.methods.base import (
+    DECODE_POSITIONS,
+    Selection,
+    StageContext,
+    check_choice,
+    top_k_in_order,
+)
+from harness.schedule import Schedule, Stage
 
 
 def fastv_keep(budget: int, num_layers: int, num_image_tokens: int, k_layer: int, method: str = "fastv") -> int:
@@ -50,9 +57,9 @@ class FastV:
         self.positions = check_choice("method.positions", positions, ("original", "compact"))
         self.decode_positions = check_choice("method.decode_positions", decode_positions, DECODE_POSITIONS)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         budget = check_budget(self.budget, num_image_tokens)
-        return [Stage(self.K - 1, fastv_keep(budget, num_layers, num_image_tokens, self.K, self.name))]
+        return Schedule([Stage(self.K - 1, fastv_keep(budget, num_layers, num_image_tokens, self.K, self.name))], budget)
 
     def select(self, ctx: StageContext) -> Selection:
         start, end = ctx.image_span

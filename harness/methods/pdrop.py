@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 
-from harness.budget import check_budget, realized_budget
-from harness.methods.base import Selection, Stage, StageContext, check_choice, top_k_in_order
+from harness.budget import check_budget
+from harness.methods.base import Selection, StageContext, check_choice, top_k_in_order
+from harness.schedule import Schedule, Stage, bisect, realized_budget
 
 PAPER_LAYERS = [8, 16, 24]  # official scripts: --layer_list '[8,16,24]' --image_token_ratio_list "[0.5,0.25,0.125]"
 PAPER_RATIO = 0.5
@@ -37,7 +38,7 @@ def geometric_stages(layers: list[int], ratio: float, num_image_tokens: int) -> 
 
 def solve_ratio(budget: int, layers: list[int], num_layers: int, num_image_tokens: int,
                 method: str = "pdrop") -> float:
-    """The keep ratio lam whose geometric schedule realizes `budget` (+-1), by bisection on lam in [0, 1].
+    """The keep ratio lam whose geometric schedule realizes `budget` (+-1), by bisection on lam in [0, 1] (`bisect`).
 
     The realized budget is non-decreasing in lam: from `layers[0] * V / L` (everything dropped at the first
     stage) to V (lam = 1).
@@ -49,13 +50,7 @@ def solve_ratio(budget: int, layers: list[int], num_layers: int, num_image_token
     def realized(ratio: float) -> float:
         return realized_budget(geometric_stages(layers, ratio, num_image_tokens), num_layers, num_image_tokens)
 
-    lo, hi = 0.0, 1.0  # invariant: realized(lo) < budget <= realized(hi)
-    if realized(lo) >= budget:
-        hi = lo
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if realized(mid) < budget else (lo, mid)
-    best = min((hi, lo), key=lambda r: abs(realized(r) - budget))
+    best = bisect(realized, budget, upper_on_tie=True)  # realized(1) = V: the search stays within [0, 1]
     if abs(realized(best) - budget) > 1:
         lowest = realized(0.0)
         raise ValueError(
@@ -76,7 +71,7 @@ class PDrop:
             realizes 270 tokens on 32 layers; `budget` must then be 270).
         positions: "compact" (the official code renumbers after each stage) or "original".
         layers: stage layers (the kept set enters these layers); default by schedule.
-        ratio: the keep ratio of `schedule=paper` (ignored when matched; the solved one is `self.ratio`).
+        ratio: the keep ratio of `schedule=paper` (ignored when matched; the one used is `facts["ratio"]`).
     """
 
     name = "pdrop"
@@ -93,11 +88,11 @@ class PDrop:
             raise ValueError(f"method.ratio={ratio!r} is not allowed (allowed: 0 < ratio <= 1)")
         self.ratio = float(ratio)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         budget = check_budget(self.budget, num_image_tokens)
         if self.schedule_kind == "matched":
-            self.ratio = solve_ratio(budget, self.layers, num_layers, num_image_tokens, self.name)
-            return geometric_stages(self.layers, self.ratio, num_image_tokens)
+            ratio = solve_ratio(budget, self.layers, num_layers, num_image_tokens, self.name)
+            return Schedule(geometric_stages(self.layers, ratio, num_image_tokens), budget, {"ratio": ratio})
         stages = geometric_stages(self.layers, self.ratio, num_image_tokens)
         realized = realized_budget(stages, num_layers, num_image_tokens)
         if abs(realized - budget) > 1:  # the paper setting has one budget: say it rather than mislabel the run
@@ -106,7 +101,7 @@ class PDrop:
                 f"{self.layers}: {[s.keep for s in stages]}), which realizes {realized:.1f} image tokens on "
                 f"{num_layers} layers (allowed: budget={round(realized)}, or schedule=matched)"
             )
-        return stages
+        return Schedule(stages, budget, {"ratio": self.ratio})
 
     def select(self, ctx: StageContext) -> Selection:
         start, end = ctx.image_span

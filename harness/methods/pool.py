@@ -17,7 +17,8 @@ import math
 import torch
 
 from harness.budget import check_budget
-from harness.methods.base import PreLLMContext, Selection, Stage
+from harness.methods.base import PreLLMContext, Selection
+from harness.schedule import Schedule
 
 MAX_ASPECT = 4.0
 
@@ -64,18 +65,17 @@ class Pool:
         self.budget = budget
         self.max_aspect = float(max_aspect)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        self.budget = check_budget(self.budget, num_image_tokens)
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        budget = check_budget(self.budget, num_image_tokens)
         side = math.isqrt(num_image_tokens)
         if side * side != num_image_tokens:
             raise ValueError(f"{self.name} needs a square image grid, got {num_image_tokens} image tokens")
-        self.grid = check_pool_budget(self.budget, side, self.max_aspect, self.name)
-        return []
+        return Schedule([], budget, {"grid": check_pool_budget(budget, side, self.max_aspect, self.name)})
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
         features = ctx.features  # [V, d], row-major over the side x side patch grid
         side = math.isqrt(features.shape[0])
-        h, w = pool_grid(self.budget)
+        h, w = pool_grid(ctx.budget)
         grid = features.T.reshape(1, -1, side, side)  # [1, d, side, side]
         pooled = torch.nn.functional.adaptive_avg_pool2d(grid, (h, w))  # [1, d, h, w]
         merged = pooled[0].flatten(1).T  # [h*w, d], row-major

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from harness.budget import check_budget
-from harness.methods.base import PreLLMContext, Selection, Stage, StageContext, check_choice
+from harness.methods.base import PreLLMContext, Selection, StageContext, check_choice
 from harness.methods.fastv import fastv_keep
+from harness.schedule import Schedule, Stage
 
 
 class Random:
@@ -35,12 +36,11 @@ class Random:
         self.stage = check_choice("method.stage", stage, ("fastv", "prellm"))
         self.pre_llm = self.stage == "prellm"  # per instance: the engine reads it to pick its path
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         budget = check_budget(self.budget, num_image_tokens)
         if self.pre_llm:
-            self.budget = budget
-            return []
-        return [Stage(self.K - 1, fastv_keep(budget, num_layers, num_image_tokens, self.K, self.name))]
+            return Schedule([], budget)
+        return Schedule([Stage(self.K - 1, fastv_keep(budget, num_layers, num_image_tokens, self.K, self.name))], budget)
 
     def select(self, ctx: StageContext) -> Selection:
         start, end = ctx.image_span
@@ -49,4 +49,4 @@ class Random:
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
         perm = torch.randperm(ctx.features.shape[0], generator=ctx.generator)  # [V]
-        return Selection(keep=torch.sort(perm[: self.budget]).values.to(ctx.features.device))
+        return Selection(keep=torch.sort(perm[: ctx.budget]).values.to(ctx.features.device))

@@ -34,8 +34,15 @@ import logging
 
 import torch
 
-from harness.budget import check_budget, scaled_schedule
-from harness.methods.base import DECODE_POSITIONS, Selection, Stage, StageContext, check_choice, top_k_in_order
+from harness.budget import check_budget
+from harness.methods.base import (
+    DECODE_POSITIONS,
+    Selection,
+    StageContext,
+    check_choice,
+    top_k_in_order,
+)
+from harness.schedule import Schedule, Stage, scaled_schedule
 
 # Published counts (paper accounting) for LLaVA-1.5-7B, stages after layers 2 / 6 / 15.
 STAGE_LAYERS = [2, 6, 15]
@@ -206,7 +213,6 @@ class SparseVLM:
         self.cluster_size = int(cluster_size)
         self.knn_k = None if knn_k is None else int(knn_k)
         self.top_heads = int(top_heads)
-        self.num_image_tokens: int | None = None
         self._raters: tuple[torch.Tensor, torch.Tensor] | None = None  # (input embeddings they came from, raters)
 
     # ---------------------------------------------------------------- schedule
@@ -216,9 +222,8 @@ class SparseVLM:
             return 0
         return recycled_clusters(current - keep, self.recycle_ratio, self.cluster_size)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         budget = check_budget(self.budget, num_image_tokens)
-        self.num_image_tokens = num_image_tokens
         published = PUBLISHED[self.variant]
         if self.schedule_kind == "paper":
             if budget not in published:
@@ -230,22 +235,23 @@ class SparseVLM:
                 keep = min(count, current - 1)  # the official code keeps at most current - 1
                 stages.append(Stage(layer, keep, self.merged_count(current, keep)))
                 current = stages[-1].count
-            return stages
+            return Schedule(stages, budget)
         if budget == num_image_tokens:  # nothing pruned (scaling alone could swap one token for a merged copy)
-            return [Stage(layer, num_image_tokens) for layer in self.layers]
+            return Schedule([Stage(layer, num_image_tokens) for layer in self.layers], budget)
         ratios = published[min(published, key=lambda b: (abs(b - budget), -b))]  # nearest published entry
-        return scaled_schedule(self.name, budget, self.layers, ratios, num_layers, num_image_tokens,
-                               merged=self.merged_count)
+        stages = scaled_schedule(self.name, budget, self.layers, ratios, num_layers, num_image_tokens,
+                                 merged=self.merged_count)
+        return Schedule(stages, budget)
 
     # ---------------------------------------------------------------- selection
-    def raters(self, input_embeds: torch.Tensor, image_start: int) -> torch.Tensor:
+    def raters(self, input_embeds: torch.Tensor, image_start: int, n_text: int) -> torch.Tensor:
         """Indices (into the text tokens after the image block) of the raters, from the input embeddings.
 
         Args:
             input_embeds: `[N0, d]` the language model's input (full prompt, all V image tokens).
-            image_start: first image position; the image block is `[image_start, image_start + V)`.
+            image_start: first image position; n_text: tokens after the image block (its last `n_text` rows).
         """
-        text_start = image_start + self.num_image_tokens
+        text_start = input_embeds.shape[0] - n_text
         image = input_embeds[image_start:text_start].float()  # [V, d]
         text = input_embeds[text_start:].float()  # [T, d]
         relevance = (image @ text.T).softmax(-1).mean(0)  # [V, T] -> softmax over T -> mean over V: [T]
@@ -282,10 +288,10 @@ class SparseVLM:
         start, end = ctx.image_span
         n_current = end - start
         n_text = ctx.attn.shape[1]
-        if self.num_image_tokens is None or ctx.input_embeds.shape[0] - start - self.num_image_tokens != n_text:
+        if ctx.input_embeds.shape[0] - start - n_text < n_current:
             raise RuntimeError("sparsevlm: the input embeddings do not hold the original image block + the text rows")
         if self._raters is None or self._raters[0] is not ctx.input_embeds:  # once per sample
-            self._raters = (ctx.input_embeds, self.raters(ctx.input_embeds, start))
+            self._raters = (ctx.input_embeds, self.raters(ctx.input_embeds, start, n_text))
         scores = self.scores(ctx.attn, self._raters[1], start, end, ctx.rope)  # [V']
         keep_count = min(ctx.stage.keep, n_current)
         keep = top_k_in_order(scores, keep_count)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from harness.methods.base import Selection, Stage, StageContext
+from harness.methods.base import Selection, StageContext
+from harness.schedule import Schedule
 
 
 class Vanilla:
-    """Every image token enters every layer; the budget is the full image block."""
+    """Every image token enters every layer; the recorded budget is the full image block."""
 
     name = "vanilla"
     query_rows = None
@@ -15,9 +16,8 @@ class Vanilla:
     def __init__(self, budget: int | None = None):
         self.budget = budget  # ignored: vanilla always keeps all image tokens
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        self.budget = num_image_tokens
-        return []
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        return Schedule([], num_image_tokens)
 
     def select(self, ctx: StageContext) -> Selection:
         raise RuntimeError("vanilla has no stages")

@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 
 from harness.budget import check_budget
-from harness.methods.base import PreLLMContext, Selection, Stage, top_k_in_order
+from harness.methods.base import PreLLMContext, Selection, top_k_in_order
+from harness.schedule import Schedule
 
 DOMINANT_SHARE = 27 / 32  # 162/192 = 108/128 = 54/64
 
@@ -66,15 +67,14 @@ class VisionZip:
             raise ValueError(f"method.dominant_share={dominant_share!r} is not allowed (allowed: 0 < share <= 1)")
         self.dominant_share = float(dominant_share)
 
-    def schedule(self, num_layers: int, num_image_tokens: int) -> list[Stage]:
-        self.budget = check_budget(self.budget, num_image_tokens)
-        self.split = split_budget(self.budget, num_image_tokens, self.dominant_share)
-        return []
+    def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
+        budget = check_budget(self.budget, num_image_tokens)
+        return Schedule([], budget, {"split": split_budget(budget, num_image_tokens, self.dominant_share)})
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
         features = ctx.features  # [V, d] projected
         n_image = features.shape[0]
-        n_dominant, n_contextual = split_budget(self.budget, n_image, self.dominant_share)
+        n_dominant, n_contextual = split_budget(ctx.budget, n_image, self.dominant_share)
         cls_attn = ctx.cls_attn[:, 1:].float().mean(0)  # [Hv, V+1] -> [V]: CLS row over the patches, mean over heads
         dominant = top_k_in_order(cls_attn, n_dominant)  # [n_dominant], original order
         if n_contextual == 0:
