@@ -473,8 +473,8 @@ class PruningEngine:
                 vision_hidden = vision.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
                 vision_hidden = vision_hidden[1:] if config.vision_feature_select_strategy == "default" else vision_hidden
             generator = torch.Generator().manual_seed(self.sample_seed * 1000)
-            sel = self.method.reduce(PreLLMContext(features, cls_attn, keys, generator, vision_hidden, instruction,
-                                                   budget=self.decision.budget))
+            ctx = PreLLMContext(features, cls_attn, keys, generator, self.decision.budget, vision_hidden, instruction)
+            sel = self.method.reduce(ctx)
             kept_image = sel.keep.to(input_ids.device)
             parts = [features[kept_image]]
             if sel.merged is not None and sel.merged.shape[0]:

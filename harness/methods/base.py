@@ -76,19 +76,19 @@ class PreLLMContext:
             (column 0 is CLS itself); None unless the method sets `needs_vision_attention`.
         keys: that layer's keys, `[Hv, V+1, dv_head]`; None unless `needs_vision_attention`.
         generator: a torch.Generator seeded for this sample.
+        budget: the image tokens to return (kept + merged): the decided `Schedule.budget`.
         vision_hidden: the vision feature layer's patch states before the projector, `[V, dv]`; None unless
             the method sets `needs_vision_hidden`.
         instruction: the user's text of this sample (before the chat template), when the caller gives it.
-        budget: the image tokens to return (kept + merged): the decided `Schedule.budget`.
     """
 
     features: torch.Tensor
     cls_attn: torch.Tensor | None
     keys: torch.Tensor | None
     generator: torch.Generator
+    budget: int
     vision_hidden: torch.Tensor | None = None
     instruction: str | None = None
-    budget: int | None = None
 
 
 class PruningMethod(Protocol):
@@ -124,7 +124,8 @@ class PreLLMMethod(Protocol):
         ...
 
     def reduce(self, ctx: PreLLMContext) -> Selection:
-        """The image tokens the language model sees: `keep` indices into the V features + `merged` ones."""
+        """The image tokens the language model sees: `keep` indices into the V features + `merged` ones,
+        `ctx.budget` in all."""
         ...
 
 
