@@ -32,8 +32,9 @@ set_threads()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     set_threads()  # again inside the job: a launcher's job process does not run this module's top level
+    from harness.checks import explain
     from harness.rundir import remove_created, restore_hydra_config
-    from harness.runner import FailedSamples, check_failed, explain, print_summary, run
+    from harness.runner import FailedSamples, check_failed, print_summary, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -200,3 +201,40 @@ def load_model(
     model = model.to(dev).eval()
     model.requires_grad_(False)
     return model, processor
+
+
+# Hub ids whose config.json is committed under harness/assets: their shape is known offline, before any download.
+COMMITTED_CONFIGS = {"llava-hf/llava-1.5-7b-hf": "llava-1.5-7b-hf"}
+
+
+def read_config(pretrained: str | None = None, config: str | None = None, num_layers: int = 32, **_) -> LlavaConfig | None:
+    """The LlavaConfig `load_llava` would build, read without any weights (the arguments of `load_llava`).
+
+    From "tiny", a local or committed directory, or a hub id (its committed config.json, else the hub's
+    config.json alone). None when it cannot be read (e.g. an uncached hub id offline): the load says why.
+    """
+    if config == "tiny":
+        processor = build_word_processor(TINY_WORDS)
+        vocab = processor.tokenizer.get_vocab()
+        return tiny_config(len(vocab), vocab[IMAGE_TOKEN], num_layers)
+    where = config if config is not None else pretrained
+    if where is None:
+        return None
+    where = str(where)
+    path = Path(where).expanduser()
+    if not path.is_dir() and (ASSETS / COMMITTED_CONFIGS.get(where, where)).is_dir():
+        path = ASSETS / COMMITTED_CONFIGS.get(where, where)
+    if (path / "config.json").is_file():
+        return LlavaConfig.from_pretrained(path)
+    if path.is_dir() or where.startswith(("/", ".", "~")):
+        return None  # not a checkpoint: the load names the problem
+    for local_only in (True, False):  # a hub id: its cached config.json, else that one small file from the hub
+        with contextlib.suppress(Exception):  # not cached / offline / unknown id: the load reports it
+            return LlavaConfig.from_pretrained(where, local_files_only=local_only)
+    return None
+
+
+def model_shape(llava_config: LlavaConfig) -> tuple[int, int]:
+    """(decoder layers, image tokens per image) of a LLaVA config, as the engine counts them."""
+    vision = llava_config.vision_config
+    return llava_config.text_config.num_hidden_layers, (vision.image_size // vision.patch_size) ** 2

@@ -19,11 +19,12 @@ import harness
 import numpy as np
 import torch
 import transformers
-from harness.schedule import paper_budget
+from harness.checks import check_config, check_method, make_logger
 from harness.engine import PruningEngine
-from harness.families import method_overrides
+from harness.methods.base import declared_facts
 from harness.results import SCHEMA, SampleLog, write_json_atomic
 from harness.rundir import RunLock, check_identity
+from harness.schedule import paper_tokens
 from harness.scoring import scorer_for
 from harness.timing import peak_memory, stats
 from hydra.utils import instantiate
@@ -41,13 +42,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """
     check_config(cfg)
     logger = make_logger(cfg)  # a bad logger option fails now, not after the evaluation
+    method = check_method(cfg)  # options and budget against the model's config: before any weight loads
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        return _run(cfg, run_dir, logger)
+        return _run(cfg, run_dir, logger, method)
 
 
-def _run(cfg: DictConfig, run_dir: Path, logger) -> dict:
+def _run(cfg: DictConfig, run_dir: Path, logger, method) -> dict:
     started_at = _now()
     identity = check_identity(cfg, run_dir)
 
@@ -65,7 +67,6 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> dict:
     model, processor = instantiate(cfg.model.load)
     if processor is None:
         raise ValueError(f"model={cfg.model.name} has no processor (a config-only model cannot run tasks)")
-    method = instantiate(cfg.method, **method_overrides(cfg.model, cfg.method_name))
     engine = PruningEngine(model, method, record_kept=cfg.record_kept, time_scoring=cfg.time_scoring)
     log = SampleLog(run_dir / "samples.jsonl")
     lm = PrunedLlava(engine, processor, log, prompt=cfg.model.prompt, seed=cfg.seed, warmup=cfg.warmup,
@@ -99,69 +100,6 @@ def _run(cfg: DictConfig, run_dir: Path, logger) -> dict:
     return results
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Bad top-level values and unknown options: one clear error naming the value and what is allowed."""
-    def is_int(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    max_failed = cfg.get("max_failed")
-    checks = {
-        "limit": (cfg.limit is None or (is_int(cfg.limit) and cfg.limit > 0), "a positive integer or null"),
-        "seed": (is_int(cfg.seed) and cfg.seed >= 0, "a non-negative integer"),
-        "warmup": (is_int(cfg.warmup) and cfg.warmup >= 0, "a non-negative integer"),
-        "record_kept": (isinstance(cfg.record_kept, bool), "true or false"),
-        "time_scoring": (isinstance(cfg.time_scoring, bool), "true or false"),
-        "max_new_tokens": (cfg.max_new_tokens is None or (is_int(cfg.max_new_tokens) and cfg.max_new_tokens > 0),
-                           "a positive integer or null"),
-        "max_failed": (max_failed is None or (is_int(max_failed) and max_failed >= 0)
-                       or (isinstance(max_failed, float) and 0 <= max_failed < 1),
-                       "null, a count of samples (0, 1, ...) or a fraction of them (0.0 <= x < 1.0)"),
-    }
-    for key, (ok, allowed) in checks.items():
-        if not ok:
-            raise ValueError(f"{key}={cfg[key]!r} is not allowed (allowed: {allowed})")
-    check_options("method", cfg.method)
-    check_options("model.load", cfg.model.load)
-    if OmegaConf.is_dict(cfg.tasks.data) and "_target_" in cfg.tasks.data:
-        check_options("tasks.data", cfg.tasks.data, hint=(
-            "this task suite generates its own data; data locations "
-            "(tasks.data.gqa=<dir>, ...) are options of tasks=paper"))
-
-
-def check_options(prefix: str, node: DictConfig, hint: str = "") -> None:
-    """Raise a ValueError naming every key of `node` that its `_target_` does not take, and the ones it does."""
-    import inspect
-
-    from hydra.utils import get_object
-
-    if not OmegaConf.is_dict(node) or node.get("_target_") is None:
-        return
-    target = get_object(node._target_)
-    params = inspect.signature(target).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [name for name, p in params.items() if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = [key for key in node if not str(key).startswith("_") and key not in allowed]
-    if unknown:
-        raise ValueError(
-            f"{', '.join(f'{prefix}.{key}' for key in unknown)}: no such option of {node._target_} "
-            f"(allowed: {', '.join(allowed)})" + (f"; {hint}" if hint else "")
-        )
-
-
-def make_logger(cfg: DictConfig):
-    """The logger of `cfg.logger` (None for logger=none); its options are checked here, before any work."""
-    logger_cfg = cfg.get("logger")
-    if logger_cfg is None or logger_cfg.get("_target_") is None:
-        return None
-    check_options("logger", logger_cfg)
-    try:
-        return instantiate(logger_cfg)
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps the logger's own ValueError
-        cause = exc.__cause__ or exc
-        raise ValueError(str(cause)) from cause
-
-
 class FailedSamples(Exception):
     """More samples failed than `max_failed` allows."""
 
@@ -181,23 +119,6 @@ def check_failed(cfg: DictConfig, results: dict) -> None:
 
 def _is_group(name: str, results: dict) -> bool:
     return "subtasks" in results["tasks"][name]
-
-
-def explain(err: BaseException) -> str | None:
-    """One line for an error the user can fix (bad input, an unusable path); None for a bug."""
-    import errno
-
-    from hydra.errors import InstantiationException
-
-    while isinstance(err, InstantiationException) and err.__cause__ is not None:
-        err = err.__cause__
-    if isinstance(err, (ValueError, FileNotFoundError)):
-        return str(err)
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                                                  errno.ENOTDIR):
-        return (f"cannot write {err.filename or 'the run dir'}: {err.strerror}; free some space or choose a "
-                "writable hydra.run.dir (samples already done are kept and a rerun resumes)")
-    return None
 
 
 def print_summary(results: dict, run_dir: Path) -> None:
@@ -278,8 +199,11 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         tokens["realized_fraction"] = float(np.mean([np.mean(r["vision_per_layer"]) / r["image_tokens"]
                                                      for r in with_image]))
         tokens["budget_label"] = engine.family.budget_label(engine.decision.budget, tokens["image_tokens"])
-    if cfg.method.get("schedule") in ("paper", "derived"):
-        tokens["avg_vision_tokens_paper"] = paper_budget(engine.stages, num_layers, num_images)
+    facts = {**engine.facts(), **declared_facts(engine.method)}
+    if facts["schedule"] in ("paper", "derived"):  # the paper's own count, where the method declares one
+        paper = paper_tokens(facts["paper_accounting"], engine.stages, engine.decision.budget, num_layers, num_images)
+        if paper is not None:
+            tokens["avg_vision_tokens_paper"] = paper
 
     timed = [r for r in ok if not r["warmup"]]
     device = next(model.parameters()).device
@@ -320,7 +244,7 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         "limit": cfg.limit,
         "tasks": tasks,
         "tokens": tokens,
-        "method_facts": engine.facts(),  # resolved positions, decode positions, schedule (matched|paper|derived)
+        "method_facts": facts,  # resolved positions, decode positions, schedule; what the method declares (FACTS)
         "latency_ms": latency,
         "flops": flops,
         "memory": memory,

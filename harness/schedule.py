@@ -78,6 +78,21 @@ def paper_budget(stages: list[Stage], num_layers: int, num_image_tokens: int) ->
     return sum(vision_per_layer(shifted, num_layers, num_image_tokens)) / num_layers
 
 
+def paper_tokens(
+    accounting: str | None, stages: list[Stage], budget: int, num_layers: int, num_image_tokens: int
+) -> float | None:
+    """The image tokens a paper reports for its own schedule, by the method's declared `paper_accounting`.
+
+    "stage_layer_reduced": `paper_budget` (SparseVLM, AdaptInfer); "label": the budget label itself (DART's
+    `max_num_trunction`); None: no such figure (the realized one is the only count).
+    """
+    if accounting == "stage_layer_reduced":
+        return paper_budget(stages, num_layers, num_image_tokens)
+    if accounting == "label":
+        return float(budget)
+    return None
+
+
 def bisect(realized: Callable[[float], float], target: float, upper_on_tie: bool = False, steps: int = 60) -> float:
     """The scale x >= 0 whose `realized(x)` is closest to `target`, for a non-decreasing `realized`.
 

@@ -165,6 +165,8 @@ def test_run_labels_the_derived_schedule_and_refuses_paper_192(tmp_path):
                   "max_new_tokens=2", f"hydra.run.dir={run_dir}"], tmp_path)
     assert ok.returncode == 0, ok.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["method_facts"] == {"positions": "compact", "decode_positions": "per_layer", "schedule": "derived"}
+    assert results["method_facts"] == {"positions": "compact", "decode_positions": "per_layer", "schedule": "derived",
+                                       "reference": False, "ignores_budget": False, "difficult_reference": False,
+                                       "paper_accounting": "stage_layer_reduced"}
     assert results["tokens"]["avg_vision_tokens_paper"] == pytest.approx(192.125)
     assert results["tokens"]["avg_vision_tokens"] == pytest.approx((2 * 576 + 9 * 384 + 10 * 160 + 11 * 43) / 32)

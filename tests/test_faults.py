@@ -216,7 +216,7 @@ def test_a_full_disk_or_read_only_run_dir_is_one_line():
 
     from hydra.errors import InstantiationException
 
-    from harness.runner import explain
+    from harness.checks import explain
 
     full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/samples.jsonl")
     assert explain(full).startswith("cannot write /runs/x/samples.jsonl: No space left on device; free some space")

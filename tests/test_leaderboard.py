@@ -419,3 +419,28 @@ def test_a_newer_partial_run_never_shadows_a_complete_one_and_failures_are_flagg
     rows = markdown_rows(run_cli([root, "--bootstrap", "0"], capsys)[1])
     rows.pop("Method")
     assert rows["fastv"][col["GQA"]].startswith("100.0") and rows["fastv"][col["n"]] == "5 (limit 1)"
+
+
+def test_roles_come_from_the_recorded_method_facts_not_the_names(runs_dir, tmp_path, capsys):
+    """Renamed baselines that declare their roles give the same table as vanilla/blind/pool by name."""
+    import shutil
+
+    renamed = {"vanilla": "fullimage", "blind": "textonly", "pool": "pooling"}
+    facts = {"fullimage": {"reference": True, "ignores_budget": True}, "textonly": {"ignores_budget": True},
+             "pooling": {"difficult_reference": True}}
+    copy = tmp_path / "renamed"
+    shutil.copytree(runs_dir / "sweep", copy)
+    for path in copy.rglob("results.json"):
+        results = json.loads(path.read_text())
+        results["method"] = renamed.get(results["method"], results["method"])
+        results["method_facts"] = facts.get(results["method"], {"reference": False, "ignores_budget": False})
+        path.write_text(json.dumps(results))
+    code, by_name, err = run_cli([runs_dir / "sweep", "--bootstrap", "50"], capsys)
+    assert code == 0, err
+    code, by_facts, err = run_cli([copy, "--bootstrap", "50"], capsys)
+    assert code == 0, err
+    for old, new in renamed.items():
+        by_name = by_name.replace(old, new)
+    assert by_facts.replace(str(copy), "") == by_name.replace(str(runs_dir / "sweep"), "")
+    rows = [line.split(" | ")[0].strip("| ") for line in by_facts.splitlines() if line.startswith("| ")][2:]
+    assert rows == ["fullimage", "adaptinfer", "fastv", "pooling", "textonly"]

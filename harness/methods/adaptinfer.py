@@ -51,6 +51,7 @@ class AdaptInfer:
     """
 
     name = "adaptinfer"
+    paper_accounting = "stage_layer_reduced"  # the official code counts a stage layer with the reduced count
     query_rows = "text"
 
     def __init__(self, budget: int, schedule: str = "matched", lam: float = 1.0, positions: str = "compact",

@@ -19,6 +19,27 @@ QueryRows = Literal["last", "text"] | None
 Positions = Literal["original", "compact"]
 DecodePositions = Literal["global", "per_layer"]
 DECODE_POSITIONS = ("global", "per_layer")
+PaperAccounting = Literal["stage_layer_reduced", "label"] | None
+PAPER_ACCOUNTINGS = ("stage_layer_reduced", "label")
+
+# What a method declares about itself as class attributes (default when absent), recorded in results.json
+# `method_facts` and read from there by the leaderboard, so a new baseline needs no leaderboard edit:
+FACTS = {
+    "reference": False,            # the unpruned row every other row is compared with (Avg, speedup, CIs): vanilla
+    "ignores_budget": False,       # one row whatever `budget=` says, outside the budgets: vanilla, blind
+    "difficult_reference": False,  # "difficult" samples: the reference right, this method at the same budget wrong
+    "paper_accounting": None,      # how the paper counts the image tokens of a `schedule: paper` run (PaperAccounting):
+                                   # "stage_layer_reduced" (SparseVLM, AdaptInfer code: a stage layer counted with the
+                                   # reduced count), "label" (the budget label itself: DART's max_num_trunction), None
+}
+
+
+def declared_facts(method) -> dict:
+    """The FACTS a method declares (class attributes), with their defaults for the ones it does not."""
+    facts = {key: getattr(method, key, default) for key, default in FACTS.items()}
+    if facts["paper_accounting"] is not None:
+        check_choice(f"{type(method).__name__}.paper_accounting", facts["paper_accounting"], PAPER_ACCOUNTINGS)
+    return facts
 
 
 @dataclass
@@ -100,6 +121,7 @@ class PruningMethod(Protocol):
     positions: Positions  # RoPE positions of the kept tokens: "original" or renumbered "compact"
     # Optional `decode_positions: DecodePositions` (engine default "global"): the RoPE position of a generated
     # token: HF's "global" next position at every layer, or "per_layer": each layer's own cache length.
+    # Optional FACTS (above): reference, ignores_budget, difficult_reference, paper_accounting.
 
     def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         """The stages and recorded budget on a model with `num_layers` decoder layers (validates the budget;

@@ -19,6 +19,7 @@ class Blind:
     name = "blind"
     pre_llm = True
     needs_vision_attention = False
+    ignores_budget = True
 
     def __init__(self, budget: int | None = None):
         self.budget = budget  # ignored: blind always keeps no image token

@@ -66,6 +66,7 @@ class DART:
     """
 
     name = "dart"
+    paper_accounting = "label"  # the paper counts max_num_trunction = B
     query_rows = None  # no attention rows: keys and hidden states only
     needs_keys = True
 

@@ -59,6 +59,7 @@ class Pool:
 
     name = "pool"
     pre_llm = True
+    difficult_reference = True  # the naive baseline: "difficult" samples are the ones it gets wrong
     needs_vision_attention = False
 
     def __init__(self, budget: int, max_aspect: float = MAX_ASPECT):

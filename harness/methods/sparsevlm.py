@@ -176,6 +176,7 @@ class SparseVLM:
     """
 
     name = "sparsevlm"
+    paper_accounting = "stage_layer_reduced"  # the official code counts a stage layer with the reduced count
     query_rows = "text"
 
     def __init__(self, budget: int, variant: str = "v1.5", schedule: str = "matched", positions: str | None = None,

@@ -12,6 +12,8 @@ class Vanilla:
     name = "vanilla"
     query_rows = None
     positions = "original"
+    reference = True  # the row every other row is compared with
+    ignores_budget = True
 
     def __init__(self, budget: int | None = None):
         self.budget = budget  # ignored: vanilla always keeps all image tokens

@@ -1,0 +1,142 @@
+"""Everything a run checks before it loads any weight: one clear error naming the value and what is allowed.
+
+`check_config` (top-level values, unknown options), `make_logger`, `check_method` (the method's options and
+its budget against the model's layers and image tokens, read from the model's config alone); the tasks and
+their data locations are checked by `harness.tasks` before the model loads. `explain` turns these errors
+into the one line run.py prints (exit 2).
+"""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from harness.budget import check_schedule
+from harness.families import method_overrides
+from harness.model import model_shape, read_config
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Bad top-level values and unknown options: one clear error naming the value and what is allowed."""
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    max_failed = cfg.get("max_failed")
+    checks = {
+        "limit": (cfg.limit is None or (is_int(cfg.limit) and cfg.limit > 0), "a positive integer or null"),
+        "seed": (is_int(cfg.seed) and cfg.seed >= 0, "a non-negative integer"),
+        "warmup": (is_int(cfg.warmup) and cfg.warmup >= 0, "a non-negative integer"),
+        "record_kept": (isinstance(cfg.record_kept, bool), "true or false"),
+        "time_scoring": (isinstance(cfg.time_scoring, bool), "true or false"),
+        "max_new_tokens": (cfg.max_new_tokens is None or (is_int(cfg.max_new_tokens) and cfg.max_new_tokens > 0),
+                           "a positive integer or null"),
+        "max_failed": (max_failed is None or (is_int(max_failed) and max_failed >= 0)
+                       or (isinstance(max_failed, float) and 0 <= max_failed < 1),
+                       "null, a count of samples (0, 1, ...) or a fraction of them (0.0 <= x < 1.0)"),
+    }
+    for key, (ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(f"{key}={cfg[key]!r} is not allowed (allowed: {allowed})")
+    check_options("method", cfg.method)
+    check_options("model.load", cfg.model.load)
+    if OmegaConf.is_dict(cfg.tasks.data) and "_target_" in cfg.tasks.data:
+        check_options("tasks.data", cfg.tasks.data, hint=(
+            "this task suite generates its own data; data locations "
+            "(tasks.data.gqa=<dir>, ...) are options of tasks=paper"))
+
+
+def check_options(prefix: str, node: DictConfig, hint: str = "") -> None:
+    """Raise a ValueError naming every key of `node` that its `_target_` does not take, and the ones it does."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if not OmegaConf.is_dict(node) or node.get("_target_") is None:
+        return
+    target = get_object(node._target_)
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [name for name, p in params.items() if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [key for key in node if not str(key).startswith("_") and key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(f'{prefix}.{key}' for key in unknown)}: no such option of {node._target_} "
+            f"(allowed: {', '.join(allowed)})" + (f"; {hint}" if hint else "")
+        )
+
+
+def make_logger(cfg: DictConfig):
+    """The logger of `cfg.logger` (None for logger=none); its options are checked here, before any work."""
+    logger_cfg = cfg.get("logger")
+    if logger_cfg is None or logger_cfg.get("_target_") is None:
+        return None
+    check_options("logger", logger_cfg)
+    try:
+        return instantiate(logger_cfg)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps the logger's own ValueError
+        cause = exc.__cause__ or exc
+        raise ValueError(str(cause)) from cause
+
+
+
+def check_method(cfg: DictConfig):
+    """The method of `cfg`, built, with its schedule checked on the model's shape before any weight loads.
+
+    The model's decoder layers and image tokens come from its config alone (`harness.model.read_config`:
+    the committed config of a known hub id, a local directory, or the tiny model). A model whose config
+    cannot be read that way is checked by the engine after the load, as before.
+
+    Raises:
+        ValueError: a bad option value or budget, naming it and what is allowed.
+    """
+    method = _instantiate(cfg.method, **method_overrides(cfg.model, cfg.method_name))
+    load = OmegaConf.to_container(cfg.model.load, resolve=True)
+    target = load.pop("_target_", None)
+    if target == "harness.model.load_model" and load.pop("family", "llava") == "llava":
+        load.pop("processor_kwargs", None)
+    elif target != "harness.model.load_llava":  # image tokens vary per sample: the engine checks each one
+        return method
+    llava_config = read_config(**load)
+    if llava_config is None:
+        return method
+    num_layers, num_image_tokens = model_shape(llava_config)
+    decision = method.schedule(num_layers, num_image_tokens)  # the same calls as the engine's, on the same method
+    pre_llm = getattr(method, "pre_llm", False)
+    check_schedule(decision.stages, decision.budget, num_layers, num_image_tokens, method.name,
+                   check_budget=not pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
+    return method
+
+
+def _instantiate(node: DictConfig, **overrides):
+    """`instantiate(node, **overrides)`, with the constructor's own ValueError (a bad option value) raised as itself."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **overrides)
+    except InstantiationException as exc:
+        cause = exc
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ValueError):
+            raise cause from None
+        raise
+
+
+def explain(err: BaseException) -> str | None:
+    """One line for an error the user can fix (bad input, an unusable path); None for a bug."""
+    import errno
+
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.ENOTDIR):
+        return (f"cannot write {err.filename or 'the run dir'}: {err.strerror}; free some space or choose a "
+                "writable hydra.run.dir (samples already done are kept and a rerun resumes)")
+    return None
+
+

@@ -1,0 +1,146 @@
+"""Per-sample scores: the score fields each sample stored, or (older samples) its task's own `process_results`."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache, lru_cache
+from pathlib import Path
+
+import yaml
+
+from harness.leaderboard.benchmarks import Benchmark
+from harness.leaderboard.runs import Notes, Run
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """Reads lmms-eval task YAMLs; `!function utils.f` stays the string "utils.f"."""
+
+
+_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+@cache
+def task_config(task: str, tasks_dir: Path = TASKS_DIR) -> dict:
+    """tasks/<task>.yaml with its `include:` merged in."""
+    config = yaml.load((tasks_dir / f"{task}.yaml").read_text(), Loader=_TaskLoader)
+    if "include" in config:
+        base = yaml.load((tasks_dir / config.pop("include")).read_text(), Loader=_TaskLoader)
+        config = {**base, **config}
+    return config
+
+
+@cache
+def task_module(name: str, tasks_dir: Path = TASKS_DIR):
+    """tasks/<name>.py loaded by file path (as lmms-eval's `!function` does)."""
+    spec = importlib.util.spec_from_file_location(f"prunebench_tasks_{name}", tasks_dir / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def task_function(task: str, key: str):
+    """The function a task YAML names under `key`, e.g. ("pope_random", "process_results")."""
+    module, function = task_config(task)[key].rsplit(".", 1)
+    return getattr(task_module(module), function)
+
+
+def score_unit(bench: Benchmark, fields: dict) -> dict:
+    """A sample's score fields (samples.jsonl `scores`) as the bootstrap's unit.
+
+    Returns:
+        {"correct": bool, "score": 0..1} and, by kind, "pred_yes"/"label_yes" (f1),
+        "image"/"category" (mme) or "group" (circular).
+    """
+    value = float(fields["score"])
+    out = {"correct": value == 1.0, "score": value}
+    if bench.kind == "f1":
+        out.update(pred_yes=fields["pred"] == "yes", label_yes=fields["label"] == "yes")
+    elif bench.kind == "mme":
+        out.update(image=str(fields["image"]), category=fields["category"])
+    elif bench.kind == "circular":
+        out.update(group=fields["group"])
+    return out
+
+
+def score_sample(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
+    """One sample: its stored score fields, or (older samples.jsonl without them) scored again by
+    its task's `process_results` from the target and response (GQA, MME, POPE only).
+
+    Returns:
+        `score_unit(bench, fields)`.
+    """
+    if record.get("scores"):
+        return score_unit(bench, record["scores"])
+    doc = {"answer": record["target"], "id": str(record["doc_id"]), "question_id": str(record["doc_id"]), **(meta or {})}
+    value = task_function(record["task"], "process_results")(doc, [record.get("response") or ""])[bench.metric]
+    if isinstance(value, dict) and "score" in value and ("pred" in value or "image" in value):
+        return score_unit(bench, value)
+    if bench.kind == "f1":
+        pred, label = value.get("pred", value.get("prediction")), value.get("label", value.get("target"))
+        return {"correct": pred == label, "pred_yes": pred == "yes", "label_yes": label == "yes"}
+    if bench.kind == "mme":
+        return {"correct": bool(value.get("correct", value.get("score"))), "image": value["question_id"],
+                "category": value["category"]}
+    return {"correct": bool(value.get("score", value.get("correct")) if isinstance(value, dict) else value)}
+
+
+def scored_samples(run: Run, bench: Benchmark, notes: Notes) -> dict[tuple[str, int], dict] | None:
+    """{(task, doc_id): scored unit} of a run's samples in this benchmark (None when they cannot be scored)."""
+    if bench.name in run.scored:
+        return run.scored[bench.name]
+    mine = {key: r for key, r in run.samples().items() if r["task"] in bench.tasks and r.get("target") is not None}
+    if not mine and run.score(bench) is not None:
+        notes.add(f"{run.path}: no {bench.name} samples in samples.jsonl, so its CI and difficult-subset cells show —")
+    scored, metas = {}, {}
+    try:
+        for (task, doc_id), record in sorted(mine.items()):
+            meta = None
+            if bench.kind == "mme" and not record.get("scores"):
+                meta = _record_meta(record)
+                if meta is None:
+                    if task not in metas:
+                        metas[task] = doc_meta(run, task)
+                    meta = metas[task][doc_id]
+            scored[(task, doc_id)] = score_sample(bench, record, meta)
+    except Exception as err:  # noqa: BLE001 - a column shows "—" with the reason, the table still prints
+        notes.add(f"{bench.name}: cannot score the samples of {run.path} per sample ({type(err).__name__}: {err}); "
+                  "its CI and difficult-subset cells show —")
+        scored = None
+    run.scored[bench.name] = scored or None
+    return run.scored[bench.name]
+
+
+def _record_meta(record: dict) -> dict | None:
+    """MME needs the image (question_id) and category of a sample: from the record when it has them."""
+    meta = record.get("doc_meta") or record
+    if "question_id" in meta and "category" in meta:
+        return {"question_id": meta["question_id"], "category": meta["category"]}
+    return None
+
+
+def doc_meta(run: Run, task: str) -> list[dict]:
+    """question_id and category of every doc of `task`, read from the dataset the run used."""
+    config = task_config(task)
+    data = ((run.results.get("config") or {}).get("tasks") or {}).get("data") or {}
+    if isinstance(data, dict) and data.get("_target_"):
+        from hydra.utils import instantiate
+
+        data = instantiate(data)  # fixtures / shapes: returns the (already materialised) directories
+    data = {str(k): str(v) for k, v in dict(data).items()}
+    keys = [key for key in data if task == key or task.startswith(key + "_")]
+    location = data[max(keys, key=len)] if keys else config["dataset_path"]
+    return _dataset_columns(location, config.get("dataset_name"), config["test_split"], ("question_id", "category"))
+
+
+@lru_cache(maxsize=8)
+def _dataset_columns(location: str, name: str | None, split: str, columns: tuple[str, ...]) -> list[dict]:
+    import datasets
+
+    if Path(location).is_dir():
+        dataset = datasets.load_from_disk(location)
+        dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+    else:
+        dataset = datasets.load_dataset(location, name, split=split)
+    return dataset.select_columns(list(columns)).to_list()
