@@ -444,3 +444,20 @@ def test_roles_come_from_the_recorded_method_facts_not_the_names(runs_dir, tmp_p
     assert by_facts.replace(str(copy), "") == by_name.replace(str(runs_dir / "sweep"), "")
     rows = [line.split(" | ")[0].strip("| ") for line in by_facts.splitlines() if line.startswith("| ")][2:]
     assert rows == ["fullimage", "adaptinfer", "fastv", "pooling", "textonly"]
+
+
+def test_budget_cell_carries_the_family_label(runs_dir, capsys, tmp_path):
+    """On families whose image-token count varies, the Budget cell adds the field's label for the run."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_dir / "sweep", root)
+    path = root / "fastv-64" / "results.json"
+    results = json.loads(path.read_text())
+    results["tokens"]["budget_label"] = "320"
+    path.write_text(json.dumps(results))
+    code, out, err = run_cli([root, "--bootstrap", "0"], capsys)
+    assert code == 0, err
+    rows = markdown_rows(out)
+    col = rows["Method"].index("Budget")
+    assert rows["fastv"][col] == "64 (320)" and rows["pool"][col] == "64"

@@ -19,6 +19,13 @@ def _signed(x: float, fmt: str) -> str:
     return text.replace("-", "−") if fmt == "markdown" else f"${text}$"
 
 
+def _budget(run) -> str:
+    """The budget, followed by the label the field uses for the model's family where it differs
+    (results.json `tokens.budget_label`: "64 (320)" on LLaVA-NeXT, "64 (11.1%)" on Qwen2.5-VL)."""
+    label = (run.results.get("tokens") or {}).get("budget_label")
+    return str(run.budget) if label in (None, str(run.budget)) else f"{run.budget} ({label})"
+
+
 def _cells(table: Table, row: Row, fmt: str) -> list[str]:
     missing = MISSING[fmt]
 
@@ -26,7 +33,7 @@ def _cells(table: Table, row: Row, fmt: str) -> list[str]:
         return missing if value is None else f"{value:{spec}}{suffix}"
 
     run = row.run
-    cells = [run.method, missing if run.budget is None else str(run.budget)]
+    cells = [run.method, missing if run.budget is None else _budget(run)]
     for bench in table.benchmarks:
         score, ci = row.scores[bench.name], row.ci.get(bench.name)
         text = num(score)
