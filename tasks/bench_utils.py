@@ -9,31 +9,20 @@ lmms-eval loads this file by path once per `!function` reference; it imports onl
 pure scoring modules.
 """
 
-import io
 
 import datasets
 from PIL import Image
 
+from harness.images import lazy_images, open_image  # noqa: F401 - lazy_images is a `!function` hook
 from harness.scoring import mmbench, scienceqa, seedbench, vqa
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
 
 
-def lazy_images(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Keep images encoded in the docs; a bad image fails only its own sample (in doc_to_visual)."""
-    return dataset.cast_column("image", datasets.Image(decode=False))
-
-
-def _rgb(value) -> Image.Image:
-    if isinstance(value, dict):
-        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
-    return value.convert("RGB")
-
-
 def doc_to_visual(doc: dict) -> list[Image.Image]:
     """The doc's image (none for a text-only doc)."""
-    return [] if doc.get("image") is None else [_rgb(doc["image"])]
+    return [] if doc.get("image") is None else [open_image(doc["image"])]
 
 
 # ---------------------------------------------------------------- MMBench (EN / CN dev)
@@ -134,7 +123,7 @@ def seedbench_image_docs(dataset: datasets.Dataset) -> datasets.Dataset:
 
 def seedbench_doc_to_visual(doc: dict) -> list[Image.Image]:
     """The question's (first) image."""
-    return [_rgb(doc["image"][0])]
+    return [open_image(doc["image"][0])]
 
 
 def seedbench_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

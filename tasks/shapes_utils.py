@@ -10,10 +10,9 @@ Prompts must match `harness.shapes.data.prompt` (the embedded model was trained 
 checks it). lmms-eval loads this file by path; it imports only the harness's pure scoring modules.
 """
 
-import io
 
-from PIL import Image
 
+from harness.images import lazy_images, open_image  # noqa: F401 - lazy_images is a `!function` hook
 from harness.scoring import gqa, mme, pope
 
 SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
@@ -33,20 +32,9 @@ def mme_category_scores(records: list[dict]) -> dict[str, dict[str, float]]:
 
 
 # ---- shared hooks ----------------------------------------------------------------------------
-def lazy_images(dataset):
-    """Keep images encoded in the docs (`process_docs`): lmms-eval iterates every doc again when it
-    scores, and an undecodable image must fail only the sample that reads it (in `doc_to_visual`)."""
-    import datasets
-
-    return dataset.cast_column("image", datasets.Image(decode=False))
-
-
 def doc_to_visual(doc: dict) -> list:
-    """The image as RGB, from a decoded image or an encoded `{"bytes", "path"}` dict."""
-    image = doc["image"]
-    if isinstance(image, dict):
-        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
-    return [image.convert("RGB")]
+    """The image as RGB."""
+    return [open_image(doc["image"])]
 
 
 def short_answer_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

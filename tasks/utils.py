@@ -9,13 +9,13 @@ lmms-eval loads this file by path once per `!function` reference; it imports onl
 pure scoring modules.
 """
 
-import io
 import os
 from functools import lru_cache
 
 import datasets
 from PIL import Image
 
+from harness.images import lazy_images, open_image  # noqa: F401 - lazy_images is a `!function` hook
 from harness.scoring import gqa, mme, pope
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
@@ -25,19 +25,6 @@ def _prompt(question: str, kwargs: dict | None) -> str:
     """`pre_prompt + question + post_prompt` from the task's lmms_eval_specific_kwargs."""
     kwargs = kwargs or {}
     return f"{kwargs.get('pre_prompt', '')}{question}{kwargs.get('post_prompt', POST_PROMPT)}"
-
-
-def lazy_images(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Keep images encoded in the docs (`process_docs`): lmms-eval iterates every doc again when it
-    scores, and an undecodable image must fail only the sample that reads it (in `doc_to_visual`)."""
-    return dataset.cast_column("image", datasets.Image(decode=False))
-
-
-def open_image(value) -> Image.Image:
-    """An RGB PIL image from a decoded image or an encoded `{"bytes", "path"}` dict."""
-    if isinstance(value, dict):
-        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
-    return value.convert("RGB")
 
 
 def doc_to_visual(doc: dict) -> list[Image.Image]:
