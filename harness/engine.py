@@ -41,13 +41,13 @@ from harness.budget import check_schedule
 from harness.families import REFERENCE_TOKENS, family_of, scaled_budget
 from harness.methods.base import (
     DECODE_POSITIONS,
-    PreLLMContext,
     PruningMethod,
     Selection,
     Stage,
     StageContext,
     check_choice,
 )
+from harness.prellm import prellm_generate
 from harness.schedule import Schedule
 
 ATTN_NAME = "prunebench_sdpa"
@@ -449,55 +449,7 @@ class PruningEngine:
         if not self.pre_llm:
             out = self.model.generate(**inputs, **kwargs, return_dict_in_generate=True)
             return out.sequences[0, input_ids.shape[1]:], out
-        t0 = self._clock()
-        st = self._new_state(input_ids)
-        start, end = st.image_span
-        embeds = self.model.get_input_embeddings()(input_ids)  # [1, N, d]
-        kept_image = torch.arange(0, device=input_ids.device)
-        n_merged = 0
-        if end > start and self.decision.budget == 0:  # no image token survives (blind): skip the vision tower
-            embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
-        elif end > start:
-            self.vision_capture, self.capture_s = None, 0.0
-            config = self.model.config
-            t_tower = self._clock()
-            vision = self.model.model.get_image_features(
-                pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
-                vision_feature_select_strategy=config.vision_feature_select_strategy,
-            )
-            features = vision.pooler_output[0]  # [V, d]
-            t0 += self._clock() - t_tower - self.capture_s  # the tower and projector are not scoring
-            cls_attn, keys = self.vision_capture or (None, None)
-            vision_hidden = None
-            if getattr(self.method, "needs_vision_hidden", False):  # the feature layer's patches, before the projector
-                vision_hidden = vision.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
-                vision_hidden = vision_hidden[1:] if config.vision_feature_select_strategy == "default" else vision_hidden
-            generator = torch.Generator().manual_seed(self.sample_seed * 1000)
-            ctx = PreLLMContext(features, cls_attn, keys, generator, self.decision.budget, vision_hidden, instruction)
-            sel = self.method.reduce(ctx)
-            kept_image = sel.keep.to(input_ids.device)
-            parts = [features[kept_image]]
-            if sel.merged is not None and sel.merged.shape[0]:
-                n_merged = sel.merged.shape[0]
-                parts.append(sel.merged.to(features.dtype))
-            image = torch.cat(parts).to(embeds.dtype)  # [B, d]
-            if image.shape[0] != self.decision.budget:
-                raise RuntimeError(
-                    f"{self.method.name} returned {kept_image.numel()} kept + {n_merged} merged image tokens, "
-                    f"expected budget={self.decision.budget}"
-                )
-            embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
-        n_image = kept_image.numel() + n_merged
-        st.image_span = (start, start + n_image)
-        st.kept_image, st.n_merged, st.pruned = kept_image, n_merged, end > start
-        st.vision_per_layer = [n_image] * self.num_layers
-        st.tokens_per_layer = [embeds.shape[1]] * self.num_layers
-        if self.record_kept:
-            st.kept[0] = kept_image.tolist()
-        st.scoring_s += self._clock() - t0
-        self.state = st
-        out = self.model.generate(inputs_embeds=embeds, **kwargs, return_dict_in_generate=True)
-        return out.sequences[0], out  # with inputs_embeds alone, generate returns only the new tokens
+        return prellm_generate(self, inputs, instruction, **kwargs)
 
     def _gather(self, kwargs: dict, n: int) -> dict:
         """Gather the full-length layer kwargs to the current sequence of n tokens."""
