@@ -1,16 +1,16 @@
 """The pruning engine: the only place that touches transformers internals.
 
-How it works (prefill only, batch 1; docs/architecture.md, "The data path"):
+How it works (prefill, then decode; docs/architecture.md, "The data path"):
 
 0. What differs between model families (decoder layers, the image token, fixed or per-sample image
    counts, decode position offsets, what pre-LLM methods may use) comes from `harness/families`; the
    engine never looks at the model's class. Where the image-token count varies per sample, each sample
    gets the schedule of its own count at the same fraction budget/576.
 1. A forward pre-hook on the VLM sees every call. A call on an empty cache is a prefill: the engine
-   finds the image block from the input ids and resets its state.
+   finds each sample's image block from the input ids and starts one `PrefillState` per sample.
 2. The language model runs on an attention function registered with transformers'
-   `AttentionInterface`. It calls the normal SDPA kernel and, at a stage layer, also computes the
-   softmax attention of only the query rows the method asks for against all keys: `[H, R, N]`.
+   `AttentionInterface` (`harness/attention.py`). It calls the normal SDPA kernel and, at a stage
+   layer, also computes the softmax attention of the query rows the method asks for: `[H, R, N]`.
 3. A forward pre-hook on every decoder layer applies the method's selection at the layer after a
    stage (gathering `hidden_states`), and gathers the full-length kwargs that the parent loop hands
    to every layer (position ids, RoPE cos/sin, mask) to the current kept set.
@@ -22,6 +22,10 @@ How it works (prefill only, batch 1; docs/architecture.md, "The data path"):
    layer's own cache length as its position, as the FlashAttention-2 path of the SparseVLM v1.5 and
    AdaptInfer code does. With compact positions, per_layer continues each layer's renumbering without
    a gap; global leaves a gap of the pruned count.
+6. Batches (`generate_batch`): rows are left-padded; every step above runs per sample on that sample's
+   own tokens (`sequence[b, pad_b:]`), so each sample's kept sets, positions and records are those of
+   batch 1. After a stage the rows are left-padded again and pruned layers get the engine's own mask
+   (`harness/layout.py`).
 """
 
 from __future__ import annotations
@@ -32,77 +36,51 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.llama.modeling_llama import rotate_half
 
+from harness import layout
+from harness.attention import ATTN_NAME, VISION_ATTN_NAME, attention_rows
 from harness.budget import check_schedule
 from harness.families import REFERENCE_TOKENS, family_of, scaled_budget
-from harness.methods.base import (
-    DECODE_POSITIONS,
-    PruningMethod,
-    Selection,
-    Stage,
-    StageContext,
-    check_choice,
-)
+from harness.methods.base import DECODE_POSITIONS, PruningMethod, Selection, Stage, StageContext, check_choice
 from harness.prellm import prellm_generate
 from harness.schedule import Schedule
 
-ATTN_NAME = "prunebench_sdpa"
-VISION_ATTN_NAME = "prunebench_vision_sdpa"
-
-
-def _attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA, plus the method's attention rows at stage layers (see `PruningEngine.capture`)."""
-    engine = getattr(module, "_prunebench_engine", None)
-    if engine is not None:
-        engine.capture(module, query, key, attention_mask)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def _vision_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA for the vision tower, plus the CLS row's attention and the keys at the feature layer."""
-    engine = getattr(module, "_prunebench_engine", None)
-    if engine is not None and getattr(module, "_prunebench_feature_layer", False):
-        t0 = engine._clock()
-        cls_logits = (query[0, :, :1].float() @ key[0].float().transpose(-1, -2)) * kwargs["scaling"]  # [Hv, 1, V+1]
-        engine.vision_capture = (cls_logits.softmax(-1)[:, 0], key[0])  # [Hv, V+1], [Hv, V+1, dh]
-        engine.capture_s = engine._clock() - t0  # scoring work inside the tower pass
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-AttentionInterface.register(ATTN_NAME, _attention)
-AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-AttentionInterface.register(VISION_ATTN_NAME, _vision_attention)
-AttentionMaskInterface.register(VISION_ATTN_NAME, sdpa_mask)
+__all__ = ["ATTN_NAME", "VISION_ATTN_NAME", "PrefillState", "PruningEngine"]
 
 
 @dataclass
 class PrefillState:
-    """What the engine knows about the current sample. Indices refer to the current sequence."""
+    """What the engine knows about one sample. Indices refer to the sample's own (unpadded) sequence."""
 
-    prompt_len: int  # N, the full prompt length
+    prompt_len: int  # N, the sample's full prompt length
     image_tokens: int  # V, this sample's image tokens (0 for a text-only prompt)
     image_span: tuple[int, int]  # image block in the current sequence
     seq_positions: torch.Tensor  # [n] original position of each current token (-1 for merged tokens)
     kept_image: torch.Tensor  # [k] original image index (0..V-1) of each kept original image token
+    method: PruningMethod | None = None  # the method at this sample's budget
+    stages: list[Stage] = field(default_factory=list)  # this sample's schedule
+    seed: int = 0  # the sample seed (random methods)
+    pad: int = 0  # left padding of this sample in the current batched sequence
+    orig_pad: int = 0  # its left padding in the batched prompt
     n_merged: int = 0
     input_embeds: torch.Tensor | None = None  # [N, d]
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
     stage_rope: dict[int, tuple] = field(default_factory=dict)  # stage layer -> (cos, sin) [N, hd] it applied
-    decode_rope: dict[int, tuple] = field(default_factory=dict)  # per decode step: cache length -> (ids, (cos, sin))
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H_kv, N, D] (methods with needs_keys)
-    gathered: dict | None = None  # kwargs gathered for the current kept set (reused by later layers)
     pruned: bool = False
-    decoding: bool = False
-    generated: int = 0
     vision_per_layer: list[int] = field(default_factory=list)
     tokens_per_layer: list[int] = field(default_factory=list)
     layer_positions: list[torch.Tensor] = field(default_factory=list)  # per layer: original positions it saw
+    layer_pads: list[int] = field(default_factory=list)  # per layer: this sample's left padding there
     kept: dict[int, list[int]] = field(default_factory=dict)  # layer entered -> kept original image indices
     scoring_s: float = 0.0
+
+    @property
+    def entering(self) -> dict[int, tuple[int, Stage]]:
+        """Layer a stage takes effect on -> (stage index, stage)."""
+        return {s.enters: (i, s) for i, s in enumerate(self.stages)}
 
 
 class PruningEngine:
@@ -110,7 +88,7 @@ class PruningEngine:
 
         engine = PruningEngine(model, FastV(budget=64))
         with engine:
-            out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+            new_tokens, out = engine.generate(inputs, max_new_tokens=8, do_sample=False)
         engine.state.vision_per_layer  # image tokens that entered each layer
 
     Args:
@@ -120,13 +98,8 @@ class PruningEngine:
         time_scoring: measure the time of scoring + selection + gathering (synchronises CUDA).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        method: PruningMethod,
-        record_kept: bool = False,
-        time_scoring: bool = False,
-    ):
+    def __init__(self, model: nn.Module, method: PruningMethod, record_kept: bool = False,
+                 time_scoring: bool = False):
         self.model = model
         self.method = method
         self.record_kept = record_kept
@@ -143,22 +116,31 @@ class PruningEngine:
         self.pre_llm = getattr(method, "pre_llm", False)
         self._check_family(method)
         self.decision: Schedule = method.schedule(self.num_layers, self.num_image_tokens)  # what the run records
-        self.stages: list[Stage] = self.decision.stages
-        self.active = method  # the method at this sample's budget (a copy with a scaled budget on other families)
+        self.stages: list[Stage] = self.decision.stages  # the last prefill's (first sample's) schedule
         self.decode_positions = check_choice(
             "method.decode_positions", getattr(method, "decode_positions", "global"), DECODE_POSITIONS
         )
         # A pre-LLM method has no stages: its budget is the size of what `reduce` returns (checked in `generate`).
         check_schedule(self.stages, self.decision.budget, self.num_layers, self.num_image_tokens, method.name,
                        check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
-        self._use_stages(self.stages)
         self._schedules = {self.num_image_tokens: (method, self.stages)}
-        self.sample_seed = 0
-        self.state: PrefillState | None = None
+        self.sample_seed = 0  # the seed of the next batch-1 sample (`generate`)
+        self._batch_seeds: list[int] | None = None  # per row, while `generate_batch` runs
+        self.states: list[PrefillState] = []
         self.vision_capture: tuple[torch.Tensor, torch.Tensor] | None = None
         self.capture_s = 0.0  # time of the CLS-attention capture inside the tower pass (time_scoring)
         self._handles: list = []
         self._saved_attn: dict[str, str] = {}
+        self._begin_batch([])
+
+    @property
+    def state(self) -> PrefillState | None:
+        """The state of the last batch-1 sample (the first sample of a batch)."""
+        return self.states[0] if self.states else None
+
+    @state.setter
+    def state(self, st: PrefillState | None) -> None:
+        self._begin_batch([] if st is None else [st])
 
     def _check_family(self, method: PruningMethod) -> None:
         """One clear error for a method that cannot run on this model's family."""
@@ -176,16 +158,8 @@ class PruningEngine:
                 "(allowed there: method.positions=original)"
             )
 
-    def _use_stages(self, stages: list[Stage]) -> None:
-        self.stages = stages
-        self.stage_entering = {s.enters: (i, s) for i, s in enumerate(stages)}
-        query_rows = getattr(self.method, "query_rows", None)
-        self.score_layers = {s.layer for s in stages if not s.before} if query_rows else set()
-        needs_keys = getattr(self.method, "needs_keys", False)
-        self.key_layers = {s.layer for s in stages if not s.before} if needs_keys else set()
-
-    def _schedule_for(self, image_tokens: int) -> None:
-        """Switch to the schedule of a sample with `image_tokens` image tokens (budget: the same fraction of 576)."""
+    def _schedule_for(self, image_tokens: int) -> tuple[PruningMethod, list[Stage]]:
+        """The method and schedule of a sample with `image_tokens` image tokens (budget: the same fraction of 576)."""
         if image_tokens not in self._schedules:
             method = copy.copy(self.method)
             method.budget = scaled_budget(self.method.budget, image_tokens)
@@ -193,8 +167,26 @@ class PruningEngine:
             check_schedule(decision.stages, decision.budget, self.num_layers, image_tokens, method.name,
                            check_budget=getattr(method, "schedule_kind", "matched") == "matched")
             self._schedules[image_tokens] = (method, decision.stages)
-        self.active, stages = self._schedules[image_tokens]
-        self._use_stages(stages)
+        return self._schedules[image_tokens]
+
+    def _begin_batch(self, states: list[PrefillState], prompt_len: int = 0) -> None:
+        """Start a prefill of `states` (one per row) over a padded prompt of `prompt_len` tokens."""
+        self.states = states
+        self.prompt_len = prompt_len  # padded; layer 0's cache length
+        self.generated = 0
+        self.decoding = False
+        self.pruned = False  # some sample has been pruned: layers get gathered kwargs
+        self.gathered: dict | None = None  # kwargs gathered for the current kept sets (reused by later layers)
+        self.decode_rope: dict = {}  # per decode step: (cache length, pads) -> (ids, (cos, sin))
+        self.layer_lens: list[int] = []  # per layer: the padded prefill length it cached
+        query_rows = getattr(self.method, "query_rows", None)
+        needs_keys = getattr(self.method, "needs_keys", False)
+        layers = {s.layer for st in states for s in st.stages if not s.before}
+        self.score_layers = layers if query_rows else set()
+        self.key_layers = layers if needs_keys else set()
+        self.entering = {s.enters for st in states for s in st.stages}
+        if states:
+            self.stages = states[0].stages
 
     # ---------------------------------------------------------------- attach / detach
     def attach(self) -> PruningEngine:
@@ -218,9 +210,9 @@ class PruningEngine:
                 layer.self_attn._prunebench_engine = self
             self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
             for idx, layer in enumerate(self.layers):
-                hook = lambda module, args, kwargs, idx=idx: self._layer_pre_hook(idx, module, args, kwargs)  # noqa: E731
+                hook = lambda module, args, kwargs, idx=idx: self._layer_pre_hook(idx, module, args, kwargs)
                 self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-        for key, name in wanted.items():
+        for key in wanted:
             current = getattr(config, key)._attn_implementation
             if current != "sdpa":
                 raise ValueError(f"the engine wraps SDPA; {key} uses {current!r}")
@@ -250,30 +242,31 @@ class PruningEngine:
 
     # ---------------------------------------------------------------- hooks
     def _model_pre_hook(self, module, args, kwargs):
-        """Start a new sample on a prefill call; check positions on decode calls."""
+        """Start new samples on a prefill call; check positions on decode calls."""
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
         if past == 0:
             if input_ids is None:
                 raise ValueError("the pruning engine needs input_ids in prefill (to find the image block)")
-            self.state = self._new_state(input_ids)
-        elif self.state is not None:
-            st = self.state
-            st.decoding = True
-            expected = st.prompt_len + st.generated
+            batch, n = input_ids.shape
+            pads = layout.left_pads(kwargs.get("attention_mask"), batch, n)
+            seeds = self._batch_seeds or [self.sample_seed] * batch
+            self._begin_batch([self._new_state(input_ids[b, pads[b]:], seeds[b], pads[b]) for b in range(batch)], n)
+        elif self.states:
+            self.decoding = True
+            expected = self.prompt_len + self.generated
             # Layer 0 is never pruned, so HF's cache length is the full one and positions continue from N.
             assert past == expected, f"cache holds {past} positions at layer 0, expected {expected}"
-            st.generated += (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
-            st.decode_rope = {}
+            self.generated += (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+            self.decode_rope = {}
         return None
 
-    def _new_state(self, input_ids: torch.Tensor) -> PrefillState:
-        if input_ids.shape[0] != 1:
-            raise ValueError(f"the pruning engine runs batch size 1 (got batch {input_ids.shape[0]})")
-        ids = input_ids[0]
+    def _new_state(self, ids: torch.Tensor, seed: int = 0, pad: int = 0) -> PrefillState:
+        """The state of one sample from its own (unpadded) input ids `[n]`."""
         where = (ids == self.image_token_id).nonzero().flatten()
         n = ids.shape[0]
+        method, stages = self.method, self._schedules[self.num_image_tokens][1]
         if where.numel() == 0:  # a text-only prompt: nothing to prune
             start = end = n
         else:
@@ -286,85 +279,101 @@ class PruningEngine:
                     f"found {where.numel()} in positions {start}..{end - 1}"
                 )
             if expected is None:
-                self._schedule_for(end - start)
-        device = input_ids.device
+                method, stages = self._schedule_for(end - start)
+        device = ids.device
         return PrefillState(
-            prompt_len=n,
-            image_tokens=end - start,
-            image_span=(start, end),
-            seq_positions=torch.arange(n, device=device),
-            kept_image=torch.arange(end - start, device=device),
+            prompt_len=n, image_tokens=end - start, image_span=(start, end),
+            seq_positions=torch.arange(n, device=device), kept_image=torch.arange(end - start, device=device),
+            method=method, stages=stages if end > start else [], seed=seed, pad=pad, orig_pad=pad,
         )
 
     def capture(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask) -> None:
-        """At a stage layer in prefill, keep the softmax attention of the method's query rows.
+        """At a stage layer in prefill, keep each sample's attention rows (and keys) the method asks for.
 
         Args:
-            query: `[1, H, n, D]` after RoPE; key: `[1, H_kv, n, D]` (not expanded for GQA).
+            query: `[B, H, n, D]` after RoPE; key: `[B, H_kv, n, D]` (not expanded for GQA).
         """
-        st = self.state
         layer_idx = module.layer_idx
-        if st is None or st.decoding or st.image_span[0] == st.image_span[1]:
+        if self.decoding or (layer_idx not in self.score_layers and layer_idx not in self.key_layers):
             return
-        if layer_idx in self.key_layers:
-            st.keys[layer_idx] = key[0]  # [H_kv, n, D] after RoPE: a reference, no copy
-        if layer_idx not in self.score_layers:
-            return
-        t0 = self._clock()
-        n = query.shape[2]
-        if self.method.query_rows == "last":
-            rows = torch.tensor([n - 1], device=query.device)
-        else:  # "text": everything after the image block
-            rows = torch.arange(st.image_span[1], n, device=query.device)
-        q = query[0, :, rows].float()  # [H, R, D]
-        k = repeat_kv(key, module.num_key_value_groups)[0].float()  # [H, n, D]
-        logits = (q @ k.transpose(-1, -2)) * module.scaling  # [H, R, n]
-        future = torch.arange(n, device=query.device)[None, :] > rows[:, None]  # [R, n] causal
-        logits = logits.masked_fill(future, float("-inf"))
-        if attention_mask is not None:  # a materialised [1, 1, n, n] mask (padding, eager reference)
-            mask = attention_mask[0, 0, rows]  # [R, n]
-            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-        st.scores[layer_idx] = logits.softmax(-1)  # [H, R, n]
-        st.scoring_s += self._clock() - t0
+        for b, st in enumerate(self.states):
+            stage_layers = {s.layer for s in st.stages if not s.before}
+            if layer_idx not in stage_layers:
+                continue
+            p = st.pad
+            if layer_idx in self.key_layers:
+                st.keys[layer_idx] = key[b, :, p:]  # [H_kv, n, D] after RoPE: a view, no copy
+            if layer_idx in self.score_layers:
+                t0 = self._clock()
+                n = query.shape[2] - p
+                if st.method.query_rows == "last":
+                    rows = torch.tensor([n - 1], device=query.device)
+                else:  # "text": everything after the image block
+                    rows = torch.arange(st.image_span[1], n, device=query.device)
+                mask = attention_mask[b:b + 1, :, p:, p:] if isinstance(attention_mask, torch.Tensor) else None
+                st.scores[layer_idx] = attention_rows(module, query[b:b + 1, :, p:], key[b:b + 1, :, p:], rows, mask)
+                st.scoring_s += self._clock() - t0
 
     def _layer_pre_hook(self, layer_idx: int, layer, args: tuple, kwargs: dict):
-        st = self.state
-        if st is None:
+        if not self.states:
             return None
-        if st.decoding:
+        if self.decoding:
             return self._decode_kwargs(layer_idx, args, kwargs)
-        hidden = args[0]  # [1, n, d]
+        hidden = args[0]  # [B, n, d]
         if layer_idx == 0:
-            st.input_embeds = hidden[0]
-        if layer_idx in self.stage_entering:
-            stage_index, stage = self.stage_entering[layer_idx]
-            if stage.before:
-                self._score_before(layer, hidden, kwargs)
-            hidden = self._apply_stage(stage_index, stage, hidden, layer_idx)
-        start, end = st.image_span
-        st.vision_per_layer.append(end - start)
-        st.tokens_per_layer.append(hidden.shape[1])
-        st.layer_positions.append(st.seq_positions)
-        if not st.pruned:
-            if layer_idx in self.score_layers:
-                st.stage_rope[layer_idx] = tuple(t[0] for t in kwargs["position_embeddings"])  # [n, hd] each
-            return None
-        if st.gathered is None:
+            for b, st in enumerate(self.states):
+                st.input_embeds = hidden[b, st.pad:]
+        if layer_idx in self.entering:
+            hidden = self._apply_stages(layer_idx, layer, hidden, kwargs)
+        for st in self.states:
+            start, end = st.image_span
+            st.vision_per_layer.append(end - start)
+            st.tokens_per_layer.append(hidden.shape[1] - st.pad)
+            st.layer_positions.append(st.seq_positions)
+            st.layer_pads.append(st.pad)
+        self.layer_lens.append(hidden.shape[1])
+        if self.pruned and self.gathered is None:
             t0 = self._clock()
-            st.gathered = self._gather(kwargs, hidden.shape[1])
-            st.scoring_s += self._clock() - t0
+            self.gathered = self._gather(kwargs, hidden.shape[1])
+            self._add_scoring_time(self._clock() - t0)
         if layer_idx in self.score_layers:
-            st.stage_rope[layer_idx] = tuple(t[0] for t in st.gathered["position_embeddings"])  # [n, hd] each
-        return (hidden, *args[1:]), {**kwargs, **st.gathered}
+            cos, sin = (self.gathered if self.pruned else kwargs)["position_embeddings"]  # [B, n, hd] each
+            for b, st in enumerate(self.states):
+                st.stage_rope[layer_idx] = (cos[min(b, cos.shape[0] - 1), st.pad:], sin[min(b, sin.shape[0] - 1), st.pad:])
+        if not self.pruned:
+            return None
+        return (hidden, *args[1:]), {**kwargs, **self.gathered}
 
-    def _apply_stage(self, stage_index: int, stage: Stage, hidden: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        """Run the method's selection on the stage layer's output and gather the kept tokens."""
-        st = self.state
+    def _apply_stages(self, layer_idx: int, layer, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Each sample's stage entering this layer (PDrop's scoring first), then the rows left-padded again."""
+        rows, changed = [], False
+        for b, st in enumerate(self.states):
+            row = hidden[b:b + 1, st.pad:]  # [1, n_b, d]
+            entry = st.entering.get(layer_idx)
+            if entry is not None:
+                stage_index, stage = entry
+                if stage.before:
+                    self._score_before(b, st, layer, row, kwargs)
+                new = self._apply_stage(st, stage_index, stage, row, layer_idx)
+                changed |= new is not row
+                row = new
+            rows.append(row)
+        if not changed:
+            return hidden
+        hidden, pads = layout.left_pad(rows)
+        for st, pad in zip(self.states, pads):
+            st.pad = pad
+        self.pruned, self.gathered = True, None
+        return hidden
+
+    def _apply_stage(self, st: PrefillState, stage_index: int, stage: Stage, hidden: torch.Tensor,
+                     layer_idx: int) -> torch.Tensor:
+        """Run the method's selection on one sample's stage-layer output `[1, n, d]` and gather the kept tokens."""
         start, end = st.image_span
         if start == end:
             return hidden
         t0 = self._clock()
-        generator = torch.Generator().manual_seed(self.sample_seed * 1000 + stage_index)
+        generator = torch.Generator().manual_seed(st.seed * 1000 + stage_index)
         ctx = StageContext(
             stage=stage,
             stage_index=stage_index,
@@ -377,7 +386,7 @@ class PruningEngine:
             keys=st.keys.pop(stage.layer, None),
             final_norm=self.language_model.norm,
         )
-        sel: Selection = self.active.select(ctx)
+        sel: Selection = st.method.select(ctx)
         keep = sel.keep.to(hidden.device)
         n_current = end - start
         n_merged = 0 if sel.merged is None else sel.merged.shape[0]
@@ -408,23 +417,23 @@ class PruningEngine:
         st.n_merged = int(keep.numel() - keep_orig.numel()) + n_merged
         st.image_span = (start, start + keep.numel() + n_merged)
         st.pruned = True
-        st.gathered = None
         if self.record_kept:
             st.kept[layer_idx] = st.kept_image.tolist()
         st.scoring_s += self._clock() - t0
         return new_hidden
 
-    def _score_before(self, layer, hidden: torch.Tensor, kwargs: dict) -> None:
+    def _score_before(self, b: int, st: PrefillState, layer, hidden: torch.Tensor, kwargs: dict) -> None:
         """PDrop: the last token's attention from this layer's own projections of its input (before it runs).
 
         The cos/sin the layer receives are per token (M-RoPE's three axes already assembled), so the
-        rotation is the same `x cos + rotate_half(x) sin` on every family.
+        rotation is the same `x cos + rotate_half(x) sin` on every family. `hidden`: the sample's `[1, n, d]`.
         """
-        st = self.state
         t0 = self._clock()
-        if st.pruned and st.gathered is None:
-            st.gathered = self._gather(kwargs, hidden.shape[1])
-        cos, sin = (st.gathered if st.pruned else kwargs)["position_embeddings"]  # [1, n, hd]
+        if self.pruned and self.gathered is None:
+            self.gathered = self._gather(kwargs, self.layer_lens[-1] if self.layer_lens else hidden.shape[1])
+        cos, sin = (self.gathered if self.pruned else kwargs)["position_embeddings"]  # [B, n, hd]
+        row = min(b, cos.shape[0] - 1)
+        cos, sin = cos[row:row + 1, st.pad:], sin[row:row + 1, st.pad:]  # [1, n_b, hd]
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)  # [1, n, d]
         n, hd = x.shape[1], attn.head_dim
@@ -437,74 +446,124 @@ class PruningEngine:
         st.scores[attn.layer_idx] = logits.softmax(-1)
         st.scoring_s += self._clock() - t0
 
+    # ---------------------------------------------------------------- generate
     @torch.no_grad()
     def generate(self, inputs: dict, instruction: str | None = None, **kwargs) -> tuple[torch.Tensor, dict]:
-        """`model.generate` through the engine (greedy kwargs from the caller).
+        """`model.generate` of one sample through the engine (greedy kwargs from the caller).
 
         In-LLM methods run on the full prompt with the hooks; a pre-LLM method gets its reduced image
         block spliced into `inputs_embeds`. `instruction`: the user's text (the question before the chat
         template), for pre-LLM methods that read it. Returns (new token ids `[n_new]`, generate's output dict).
         """
-        input_ids = inputs["input_ids"]
-        if not self.pre_llm:
-            out = self.model.generate(**inputs, **kwargs, return_dict_in_generate=True)
-            return out.sequences[0, input_ids.shape[1]:], out
-        return prellm_generate(self, inputs, instruction, **kwargs)
+        if self.pre_llm:
+            return prellm_generate(self, inputs, instruction, **kwargs)
+        new, out = self.generate_batch(inputs, [self.sample_seed], **kwargs)
+        return new[0], out
 
+    @torch.no_grad()
+    def generate_batch(self, inputs: dict, seeds: list[int], instructions: list[str | None] | None = None,
+                       **kwargs) -> tuple[torch.Tensor, dict]:
+        """`model.generate` of a left-padded batch; row b is pruned as sample b alone would be.
+
+        Args:
+            inputs: processor outputs for B rows (`attention_mask` marks the left padding).
+            seeds: the sample seed of each row. instructions: each row's question (pre-LLM methods).
+
+        Returns:
+            (new token ids `[B, T]`, padded after a row stops; generate's output dict). `self.states[b]` holds
+            row b's record.
+        """
+        if self.pre_llm:
+            if inputs["input_ids"].shape[0] != 1:
+                raise ValueError(f"{self.method.name}: pre-LLM methods run batch_size=1")
+            self.sample_seed = seeds[0]
+            new, out = prellm_generate(self, inputs, (instructions or [None])[0], **kwargs)
+            return new[None], out
+        ids = inputs["input_ids"]
+        layout.left_pads(inputs.get("attention_mask"), ids.shape[0], ids.shape[1])  # refuse right padding up front
+        if len(seeds) != ids.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {ids.shape[0]}")
+        self._batch_seeds = list(seeds)
+        try:
+            out = self.model.generate(**inputs, **kwargs, return_dict_in_generate=True)
+        finally:
+            self._batch_seeds = None
+        return out.sequences[:, inputs["input_ids"].shape[1]:], out
+
+    # ---------------------------------------------------------------- layer inputs
     def _gather(self, kwargs: dict, n: int) -> dict:
-        """Gather the full-length layer kwargs to the current sequence of n tokens."""
-        st = self.state
-        if self.method.positions == "compact":
-            index = slice(0, n)  # renumbered 0..n-1: a view, no copy
-        else:
-            index = st.seq_positions
+        """Gather the full-length layer kwargs to the current sequences of n (padded) tokens."""
+        states = self.states
+        if len(states) == 1 and states[0].orig_pad == 0:  # batch 1: exactly as always
+            st = states[0]
+            index = slice(0, n) if self.method.positions == "compact" else st.seq_positions
+            out = {}
+            if kwargs.get("position_ids") is not None:
+                out["position_ids"] = kwargs["position_ids"][:, index]
+            cos, sin = kwargs["position_embeddings"]  # [1, N, hd] each
+            out["position_embeddings"] = (cos[:, index], sin[:, index])
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor):  # [1, 1, N, N]
+                out["attention_mask"] = mask[:, :, index][:, :, :, index]
+            return out
+        compact = self.method.positions == "compact"
+        positions = [torch.arange(n - st.pad, device=st.seq_positions.device) if compact else st.seq_positions
+                     for st in states]
+        pads = [st.pad for st in states]
+        index = layout.gather_index(positions, pads, [st.orig_pad for st in states], n)  # [B, n]
         out = {}
         if kwargs.get("position_ids") is not None:
-            out["position_ids"] = kwargs["position_ids"][:, index]
-        cos, sin = kwargs["position_embeddings"]  # [1, N, hd] each
-        out["position_embeddings"] = (cos[:, index], sin[:, index])
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor):  # [1, 1, N, N]
-            out["attention_mask"] = mask[:, :, index][:, :, :, index]
+            out["position_ids"] = layout.take(kwargs["position_ids"], index)
+        cos, sin = kwargs["position_embeddings"]  # [B, N, hd] each
+        out["position_embeddings"] = (layout.take(cos, index), layout.take(sin, index))
+        out["attention_mask"] = layout.prefill_mask(pads, n, index.device)
         return out
 
     def _decode_kwargs(self, layer_idx: int, args: tuple, kwargs: dict):
-        """Decode at a pruned layer: the new tokens' positions (per_layer) and the columns of a materialised mask.
+        """Decode at a pruned layer: the new tokens' positions (per_layer) and the columns of the mask.
 
         HF hands every layer the global positions and a mask over the full length; this layer cached only
-        what it saw in prefill, so a mask keeps that layer's cached columns + the new ones.
+        what it saw in prefill, so the mask keeps that layer's cached columns + the new ones.
         """
-        st = self.state
-        if not st.pruned or not self.stage_entering or layer_idx < min(self.stage_entering):
+        if not self.pruned or layer_idx < min(self.entering):
             return None
         out = {}
         if self.decode_positions == "per_layer":
             out.update(self._per_layer_positions(layer_idx, args[0], kwargs))
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor):
-            if self.method.positions == "compact":
-                cached = torch.arange(st.tokens_per_layer[layer_idx], device=mask.device)
-            else:
-                cached = st.layer_positions[layer_idx]
-            new = torch.arange(st.prompt_len, mask.shape[-1], device=mask.device)
-            out["attention_mask"] = mask[..., torch.cat([cached, new])]
+        if len(self.states) == 1 and self.states[0].orig_pad == 0:
+            st = self.states[0]
+            if isinstance(mask, torch.Tensor):
+                if self.method.positions == "compact":
+                    cached = torch.arange(st.tokens_per_layer[layer_idx], device=mask.device)
+                else:
+                    cached = st.layer_positions[layer_idx]
+                new = torch.arange(st.prompt_len, mask.shape[-1], device=mask.device)
+                out["attention_mask"] = mask[..., torch.cat([cached, new])]
+        else:
+            hidden = args[0]
+            pads = [st.layer_pads[layer_idx] for st in self.states]
+            out["attention_mask"] = layout.decode_mask(pads, self.layer_lens[layer_idx], mask, self.prompt_len,
+                                                       hidden.shape[1], self.generated - hidden.shape[1], hidden.device)
         return (args, {**kwargs, **out}) if out else None
 
     def _per_layer_positions(self, layer_idx: int, hidden: torch.Tensor, kwargs: dict) -> dict:
         """Positions `own cache length + 0..Q-1` (+ the family's decode offset) for the Q new tokens at this layer.
 
         HF places a generated token at `cache length + offset` (offset 0 for 1-D RoPE, `rope_deltas` on
-        Qwen2.5-VL, the same on all three M-RoPE axes); per_layer puts this layer's own cache length there.
+        Qwen2.5-VL, the same on all three M-RoPE axes); per_layer puts this layer's own cache length there
+        (each row's own: its padding at this layer is not part of it).
         """
-        st = self.state
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         own = cache.get_seq_length(layer_idx)  # what this layer cached: its prefill tokens + earlier generated ones
-        if own not in st.decode_rope:  # once per distinct cache length and step
+        pads = tuple(st.layer_pads[layer_idx] for st in self.states)
+        if (own, pads) not in self.decode_rope:  # once per distinct cache layout and step
             q = hidden.shape[1]
-            offset = self.family.decode_offset(self.model)
-            ids = torch.arange(own + offset, own + offset + q, device=hidden.device)[None]  # [1, Q]
-            st.decode_rope[own] = (ids, self.language_model.rotary_emb(hidden, position_ids=ids))
-        ids, cos_sin = st.decode_rope[own]
+            starts = [own - pad + self.family.decode_offset(self.model, b, st.orig_pad)
+                      for b, (pad, st) in enumerate(zip(pads, self.states))]
+            ids = torch.tensor(starts, device=hidden.device)[:, None] + torch.arange(q, device=hidden.device)  # [B, Q]
+            self.decode_rope[(own, pads)] = (ids, self.language_model.rotary_emb(hidden, position_ids=ids))
+        ids, cos_sin = self.decode_rope[(own, pads)]
         return {"position_ids": ids, "position_embeddings": cos_sin}
 
     def facts(self) -> dict:
@@ -514,6 +573,11 @@ class PruningEngine:
             "decode_positions": self.decode_positions,
             "schedule": getattr(self.method, "schedule_kind", None),
         }
+
+    def _add_scoring_time(self, seconds: float) -> None:
+        """Shared work (gathering a batch's layer inputs) counts for each sample in equal shares."""
+        for st in self.states:
+            st.scoring_s += seconds / len(self.states)
 
     def _clock(self) -> float:
         if not self.time_scoring:

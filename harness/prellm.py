@@ -20,7 +20,7 @@ def prellm_generate(engine, inputs: dict, instruction: str | None, **kwargs) -> 
     """
     input_ids = inputs["input_ids"]
     t0 = engine._clock()
-    st = engine._new_state(input_ids)
+    st = engine._new_state(input_ids[0], engine.sample_seed)
     start, end = st.image_span
     embeds = engine.model.get_input_embeddings()(input_ids)  # [1, N, d]
     kept_image = torch.arange(0, device=input_ids.device)

@@ -41,8 +41,12 @@ class ModelFamily(Protocol):
         """Image tokens of every sample if fixed (LLaVA-1.5: 576), else None (known per sample)."""
         ...
 
-    def decode_offset(self, model: nn.Module) -> int:
-        """What HF adds to a cache length to get a generated token's position (Qwen2.5-VL: rope_deltas)."""
+    def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
+        """What to add to row `row`'s own cache length (its `pad` left padding excluded) for HF's next position.
+
+        0 for 1-D RoPE (HF counts a padded row's positions from its first real token); on Qwen2.5-VL the
+        row's `rope_deltas`, which HF takes relative to the padded length, plus `pad`.
+        """
         ...
 
     def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,

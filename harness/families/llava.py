@@ -29,7 +29,7 @@ class Llava:
         vision = model.config.vision_config
         return (vision.image_size // vision.patch_size) ** 2
 
-    def decode_offset(self, model: nn.Module) -> int:
+    def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         return 0
 
     def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,

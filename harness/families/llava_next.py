@@ -37,7 +37,7 @@ class LlavaNext:
     def image_tokens(self, model: nn.Module) -> int | None:
         return None
 
-    def decode_offset(self, model: nn.Module) -> int:
+    def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         return 0
 
     def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,

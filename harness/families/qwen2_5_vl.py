@@ -40,9 +40,9 @@ class Qwen2_5_VL:
     def image_tokens(self, model: nn.Module) -> int | None:
         return None
 
-    def decode_offset(self, model: nn.Module) -> int:
-        deltas = model.model.rope_deltas  # [B, 1] from the prefill's get_rope_index
-        return 0 if deltas is None else int(deltas[0, 0])
+    def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
+        deltas = model.model.rope_deltas  # [B, 1] from the prefill's get_rope_index (relative to the padded length)
+        return pad if deltas is None else int(deltas[row, 0]) + pad
 
     def synthetic_inputs(self, model: nn.Module, text: torch.Tensor, prefix_tokens: int,
                          generator: torch.Generator) -> dict:
