@@ -8,6 +8,7 @@ the model.
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import torch
@@ -23,18 +24,31 @@ from harness.timing import Clock, FirstLogits
 
 
 class StopOnStrings(StoppingCriteria):
-    """Stop when the decoded new text contains any of the `until` strings."""
+    """Stop each row when its decoded new text contains any of the `until` strings (or it ends with an EOS id).
 
-    def __init__(self, tokenizer, until: list[str]):
-        self.tokenizer, self.until = tokenizer, until
+    `stopped_at[b]`: how many new tokens row b had when it stopped (None while it runs): in a batch,
+    generate pads a stopped row until every row is done, so this is where its answer ends.
+    """
+
+    def __init__(self, tokenizer, until: list[str], eos_ids: tuple[int, ...] = ()):
+        self.tokenizer, self.until, self.eos_ids = tokenizer, until, set(eos_ids)
         self.prompt_len: int | None = None  # known at the first call: everything but the first new token
+        self.stopped_at: list[int | None] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         if self.prompt_len is None:
             self.prompt_len = input_ids.shape[1] - 1
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
-        done = any(u in text for u in self.until)
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+            self.stopped_at = [None] * input_ids.shape[0]
+        n_new = input_ids.shape[1] - self.prompt_len
+        for b, stopped in enumerate(self.stopped_at):
+            if stopped is not None:
+                continue
+            new = input_ids[b, self.prompt_len:]
+            text = self.tokenizer.decode(new, skip_special_tokens=True) if self.until else ""
+            if int(new[-1]) in self.eos_ids or any(u in text for u in self.until):
+                self.stopped_at[b] = n_new
+        done = [stopped is not None for stopped in self.stopped_at]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at(text: str, until: list[str]) -> str:
@@ -51,7 +65,12 @@ def sample_seed(seed: int, task: str, doc_id: int) -> int:
 
 
 class PrunedLlava(lmms):
-    """LLaVA with a pruning method attached, as an lmms-eval model (greedy, batch 1).
+    """A VLM with a pruning method attached, as an lmms-eval model (greedy).
+
+    At `batch_size` > 1, consecutive requests of one task are answered in left-padded batches, each sample
+    pruned exactly as alone (`PruningEngine.generate_batch`); the first `warmup + latency_samples` requests
+    of the process run alone first, so the latency statistics stay batch-1 measurements. Batched records
+    carry `batch` (size, id, wall time) instead of per-sample timings.
 
     Args:
         engine: the attached pruning engine (its model is used).
@@ -64,12 +83,15 @@ class PrunedLlava(lmms):
         max_new_tokens: a cap on the task's own `max_new_tokens` (None: no cap).
         image_placeholder: the image's place in `prompt` (removed, with a following newline, for a text-only
             sample): "<image>" for LLaVA, "<|vision_start|><|image_pad|><|vision_end|>" for Qwen2.5-VL.
+        batch_size: samples per batch. latency_samples: at batch_size > 1, samples timed alone after warmup.
     """
 
     def __init__(self, engine: PruningEngine, processor, log: SampleLog, prompt: str, seed: int = 0,
                  warmup: int = 3, record_kept: bool = False, max_new_tokens: int | None = None,
-                 image_placeholder: str = "<image>"):
+                 image_placeholder: str = "<image>", batch_size: int = 1, latency_samples: int = 20):
         super().__init__()
+        self.batch_size, self.latency_samples = batch_size, latency_samples
+        self.n_batches = 0
         self.engine, self.model, self.processor = engine, engine.model, processor
         self.log, self.prompt, self.seed, self.warmup = log, prompt, seed, warmup
         self.record_kept = record_kept
@@ -87,20 +109,36 @@ class PrunedLlava(lmms):
         raise NotImplementedError("prunebench does not support multi-round generation tasks")
 
     def generate_until(self, requests) -> list[str]:
-        responses = []
-        todo = sum(self.log.get(r.args[4], r.args[3]) is None for r in requests)
-        bar = tqdm(total=todo, desc="samples", unit="sample", dynamic_ncols=True)
+        """Answer every request; with `batch_size` > 1, the first `warmup + latency_samples` run alone (timed)."""
+        todo = []
         for request in requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            task, doc_id = request.args[4], request.args[3]
             self.requested.append((task, doc_id))
-            done = self.log.get(task, doc_id)
-            if done is None:
-                done = self.run_one(context, dict(gen_kwargs), doc_to_visual, doc_id, task, split)
-                self.log.append(done)
+            if self.log.get(task, doc_id) is None:
+                todo.append(request)
+        bar = tqdm(total=len(todo), desc="samples", unit="sample", dynamic_ncols=True)
+        alone = len(todo) if self.batch_size == 1 else max(0, self.warmup + self.latency_samples - self.n_run)
+        for request in todo[:alone]:
+            self.log.append(self.run_one(*request.args[:4], request.args[4], request.args[5]))
+            bar.update(1)
+        for group in self._groups(todo[alone:]):
+            for record in self.run_batch(group):
+                self.log.append(record)
                 bar.update(1)
-            responses.append(done["response"])
         bar.close()
-        return responses
+        return [self.log.get(r.args[4], r.args[3])["response"] for r in requests]
+
+    def _groups(self, requests):
+        """Consecutive requests of the same task and generation settings, up to `batch_size` each."""
+        group: list = []
+        for request in requests:
+            key = (request.args[4], repr(sorted(request.args[1].items())))
+            if group and (len(group) == self.batch_size or key != group[0][0]):
+                yield [r for _, r in group]
+                group = []
+            group.append((key, request))
+        if group:
+            yield [r for _, r in group]
 
     def run_one(self, context: str, gen_kwargs: dict, doc_to_visual, doc_id: int, task: str, split: str) -> dict:
         """Generate one answer; any failure is recorded in the sample's `error` and the run goes on."""
@@ -120,27 +158,43 @@ class PrunedLlava(lmms):
         self.n_run += 1
         return record
 
-    @torch.no_grad()
-    def _generate(self, context: str, gen_kwargs: dict, visuals: list, task: str, doc_id: int) -> dict:
-        until = gen_kwargs.pop("until", None) or []
+    def _settings(self, gen_kwargs: dict) -> tuple[list[str], int]:
+        """(stop strings, max new tokens) of a request."""
+        until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        max_new_tokens = int(gen_kwargs.pop("max_new_tokens", 16))
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens", 16))
         if self.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.max_new_tokens)
+        return until, max_new_tokens
+
+    def _prompt(self, context: str, visuals: list):
+        """(prompt text, RGB image or None) of a sample."""
         images = [v for v in visuals if v is not None] if visuals else []
         if len(images) > 1:
-            raise ValueError(f"{len(images)} images in one sample; LLaVA-1.5 takes one")
+            raise ValueError(f"{len(images)} images in one sample; the models here take one")
         if images:
-            text = self.prompt.format(question=context)
-            inputs = self.processor(images=images[0].convert("RGB"), text=text, return_tensors="pt")
+            return self.prompt.format(question=context), images[0].convert("RGB")
+        placeholder = self.image_placeholder
+        return self.prompt.replace(f"{placeholder}\n", "").replace(placeholder, "").format(question=context), None
+
+    def _inputs(self, texts: list[str], images: list) -> dict:
+        """Processor inputs on the model's device: one row as is, several rows left-padded with their mask."""
+        if images[0] is not None:
+            inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=len(texts) > 1)
         else:
-            placeholder = self.image_placeholder
-            text = self.prompt.replace(f"{placeholder}\n", "").replace(placeholder, "").format(question=context)
-            inputs = self.processor.tokenizer(text, return_tensors="pt")
-        inputs.pop("attention_mask", None)  # batch 1: no padding
+            inputs = self.processor.tokenizer(texts, return_tensors="pt", padding=len(texts) > 1)
+        if len(texts) == 1:
+            inputs.pop("attention_mask", None)  # batch 1: no padding
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    @torch.no_grad()
+    def _generate(self, context: str, gen_kwargs: dict, visuals: list, task: str, doc_id: int) -> dict:
+        until, max_new_tokens = self._settings(gen_kwargs)
+        text, image = self._prompt(context, visuals)
+        inputs = self._inputs([text], [image])
         prompt_len = inputs["input_ids"].shape[1]
         self.engine.sample_seed = sample_seed(self.seed, task, doc_id)
         first = FirstLogits(self.clock)
@@ -167,9 +221,73 @@ class PrunedLlava(lmms):
             "kv_cache_bytes": int(kv_bytes),
         }
 
-    def _engine_record(self, doc: dict) -> dict:
-        """What the engine did in this sample's prefill: counts, FLOPs, kept sets, evidence recall."""
-        st = self.engine.state
+    @torch.no_grad()
+    def run_batch(self, requests) -> list[dict]:
+        """Answer requests of one task in one batch (image and text-only rows apart); records in request order."""
+        records, rows = {}, []
+        for request in requests:
+            context, _, doc_to_visual, doc_id, task, split = request.args
+            record = {"task": task, "doc_id": doc_id, "target": None, "response": "", "error": None, "warmup": False}
+            records[(task, doc_id)] = record
+            try:
+                doc = self.task_dict[task][split][doc_id]  # decodes the image: may fail
+                record["target"] = _target(doc)
+                record.update({k: doc[k] for k in ("question_id", "category") if k in doc})
+                rows.append((request, record, doc, *self._prompt(context, doc_to_visual(doc))))
+            except Exception as exc:  # a bad sample must not stop the run
+                record["error"] = f"{type(exc).__name__}: {exc}"
+        for has_image in (True, False):
+            part = [row for row in rows if (row[4] is not None) == has_image]
+            if part:
+                records.update({(r["task"], r["doc_id"]): r for r in self._run_rows(part)})
+        return [records[(r.args[4], r.args[3])] for r in requests]
+
+    def _run_rows(self, rows: list) -> list[dict]:
+        """One batch through the engine; if it fails, each sample alone (so only a bad sample fails)."""
+        try:
+            until, max_new_tokens = self._settings(rows[0][0].args[1])
+            self.processor.tokenizer.padding_side = "left"
+            inputs = self._inputs([row[3] for row in rows], [row[4] for row in rows])
+            seeds = [sample_seed(self.seed, r.args[4], r.args[3]) for r, *_ in rows]
+            eos = self.model.generation_config.eos_token_id
+            stop = StopOnStrings(self.processor.tokenizer, until, eos if isinstance(eos, list) else [eos])
+            start = self.clock.mark()
+            new, _ = self.engine.generate_batch(
+                inputs, seeds, [r.args[0] for r, *_ in rows], max_new_tokens=max_new_tokens, do_sample=False,
+                num_beams=1, stopping_criteria=StoppingCriteriaList([stop]),
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+            )
+            batch = {"size": len(rows), "id": f"{os.getpid()}-{self.n_batches}", "ms": self.clock.ms(start, self.clock.mark())}
+            self.n_batches += 1
+            out = []
+            for b, (request, record, doc, _, _) in enumerate(rows):
+                n_new = stop.stopped_at[b] or new.shape[1]
+                st = self.engine.states[b]
+                text = self.processor.tokenizer.decode(new[b, :n_new], skip_special_tokens=True)
+                record.update(response=cut_at(text, until), prefill_ms=None, decode_ms=None, e2e_ms=None,
+                              n_new_tokens=n_new, prompt_len=st.prompt_len, kv_cache_bytes=self._kv_bytes(st, n_new),
+                              batch=batch)
+                record.update(self._engine_record(doc, st))
+                scorer = scorer_for(record["task"])
+                if scorer is not None:
+                    record["scores"] = scorer.score(doc, record["response"])
+                out.append(record)
+            return out
+        except Exception:
+            if len(rows) == 1:
+                raise
+            return [self.run_one(*row[0].args) for row in rows]
+
+    def _kv_bytes(self, st, n_new: int) -> int:
+        """The KV cache a sample alone would end with: each layer's prefill tokens + all but the last new token."""
+        text = self.model.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        per_token = 2 * text.num_key_value_heads * head_dim * self.model.dtype.itemsize
+        return int(sum(n + n_new - 1 for n in st.tokens_per_layer) * per_token)
+
+    def _engine_record(self, doc: dict, st=None) -> dict:
+        """What the engine did in this sample's prefill (`st`, default the last one): counts, FLOPs, kept sets."""
+        st = st or self.engine.state
         text = self.model.config.text_config
         flops = prefill_flops(st.tokens_per_layer, text.hidden_size, text.intermediate_size)
         vanilla = prefill_flops([st.prompt_len] * len(st.tokens_per_layer), text.hidden_size, text.intermediate_size)

@@ -106,7 +106,7 @@ def run_identity(cfg: DictConfig) -> dict:
     The method and all its options, the budget, the seed, the generation settings, the model config
     (checkpoint, dtype, device, prompt) and a fingerprint of the checkpoint's files, the tasks and
     their data locations, and the versions of the harness, transformers and torch. Not in it: `limit`
-    (a resume may extend a run), `warmup`, `time_scoring` and the logger.
+    (a resume may extend a run), `warmup`, `latency_samples`, `time_scoring` and the logger.
     """
     import harness
     import torch
@@ -120,6 +120,8 @@ def run_identity(cfg: DictConfig) -> dict:
         "versions.harness": harness.__version__, "versions.transformers": transformers.__version__,
         "versions.torch": torch.__version__,
     }
+    if cfg.get("batch_size", 1) != 1:  # batches pad and reorder float sums: a resume keeps the batch size
+        identity["batch_size"] = cfg.batch_size
     for section in ("method", "model", "tasks"):
         identity.update(_flatten(section, node.get(section)))
     return identity
