@@ -32,55 +32,21 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.models.llama.modeling_llama import rotate_half
 
 from harness import layout
 from harness.attention import ATTN_NAME, VISION_ATTN_NAME, attention_rows
 from harness.budget import check_schedule
-from harness.families import REFERENCE_TOKENS, family_of, scaled_budget
-from harness.methods.base import DECODE_POSITIONS, PruningMethod, Selection, Stage, StageContext, check_choice
+from harness.families import REFERENCE_TOKENS, check_family, family_of, scaled_budget
+from harness.methods.base import DECODE_POSITIONS, PruningMethod, Stage, check_choice
 from harness.prellm import prellm_generate
 from harness.schedule import Schedule
+from harness.selection import apply_stage, score_before
+from harness.state import PrefillState
 
 __all__ = ["ATTN_NAME", "VISION_ATTN_NAME", "PrefillState", "PruningEngine"]
-
-
-@dataclass
-class PrefillState:
-    """What the engine knows about one sample. Indices refer to the sample's own (unpadded) sequence."""
-
-    prompt_len: int  # N, the sample's full prompt length
-    image_tokens: int  # V, this sample's image tokens (0 for a text-only prompt)
-    image_span: tuple[int, int]  # image block in the current sequence
-    seq_positions: torch.Tensor  # [n] original position of each current token (-1 for merged tokens)
-    kept_image: torch.Tensor  # [k] original image index (0..V-1) of each kept original image token
-    method: PruningMethod | None = None  # the method at this sample's budget
-    stages: list[Stage] = field(default_factory=list)  # this sample's schedule
-    seed: int = 0  # the sample seed (random methods)
-    pad: int = 0  # left padding of this sample in the current batched sequence
-    orig_pad: int = 0  # its left padding in the batched prompt
-    n_merged: int = 0
-    input_embeds: torch.Tensor | None = None  # [N, d]
-    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
-    stage_rope: dict[int, tuple] = field(default_factory=dict)  # stage layer -> (cos, sin) [N, hd] it applied
-    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H_kv, N, D] (methods with needs_keys)
-    pruned: bool = False
-    vision_per_layer: list[int] = field(default_factory=list)
-    tokens_per_layer: list[int] = field(default_factory=list)
-    layer_positions: list[torch.Tensor] = field(default_factory=list)  # per layer: original positions it saw
-    layer_pads: list[int] = field(default_factory=list)  # per layer: this sample's left padding there
-    kept: dict[int, list[int]] = field(default_factory=dict)  # layer entered -> kept original image indices
-    scoring_s: float = 0.0
-
-    @property
-    def entering(self) -> dict[int, tuple[int, Stage]]:
-        """Layer a stage takes effect on -> (stage index, stage)."""
-        return {s.enters: (i, s) for i, s in enumerate(self.stages)}
 
 
 class PruningEngine:
@@ -114,7 +80,7 @@ class PruningEngine:
         self.fixed_image_tokens = self.family.image_tokens(model)
         self.num_image_tokens = self.fixed_image_tokens or REFERENCE_TOKENS
         self.pre_llm = getattr(method, "pre_llm", False)
-        self._check_family(method)
+        check_family(self.family, method)
         self.decision: Schedule = method.schedule(self.num_layers, self.num_image_tokens)  # what the run records
         self.stages: list[Stage] = self.decision.stages  # the last prefill's (first sample's) schedule
         self.decode_positions = check_choice(
@@ -141,22 +107,6 @@ class PruningEngine:
     @state.setter
     def state(self, st: PrefillState | None) -> None:
         self._begin_batch([] if st is None else [st])
-
-    def _check_family(self, method: PruningMethod) -> None:
-        """One clear error for a method that cannot run on this model's family."""
-        family = self.family.name
-        if getattr(method, "needs_vision_attention", False) and not self.family.vision_cls:
-            raise ValueError(f"{method.name} reads the vision CLS token's attention; the {family} vision tower has no CLS token")
-        if self.pre_llm and not self.family.pre_llm:
-            raise ValueError(
-                f"{method.name} reduces the image before the language model; the engine splices a reduced block "
-                f"only on llava (model family {family} is not supported for pre-LLM methods)"
-            )
-        if getattr(method, "positions", None) == "compact" and self.family.mrope:
-            raise ValueError(
-                f"{method.name}: positions=compact renumbers 1-D positions; {family} uses 3-D M-RoPE positions "
-                "(allowed there: method.positions=original)"
-            )
 
     def _schedule_for(self, image_tokens: int) -> tuple[PruningMethod, list[Stage]]:
         """The method and schedule of a sample with `image_tokens` image tokens (budget: the same fraction of 576)."""
@@ -352,9 +302,11 @@ class PruningEngine:
             entry = st.entering.get(layer_idx)
             if entry is not None:
                 stage_index, stage = entry
+                t0 = self._clock()
                 if stage.before:
                     self._score_before(b, st, layer, row, kwargs)
-                new = self._apply_stage(st, stage_index, stage, row, layer_idx)
+                new = apply_stage(st, stage_index, stage, row, layer_idx, self.language_model.norm, self.record_kept)
+                st.scoring_s += self._clock() - t0
                 changed |= new is not row
                 row = new
             rows.append(row)
@@ -366,85 +318,13 @@ class PruningEngine:
         self.pruned, self.gathered = True, None
         return hidden
 
-    def _apply_stage(self, st: PrefillState, stage_index: int, stage: Stage, hidden: torch.Tensor,
-                     layer_idx: int) -> torch.Tensor:
-        """Run the method's selection on one sample's stage-layer output `[1, n, d]` and gather the kept tokens."""
-        start, end = st.image_span
-        if start == end:
-            return hidden
-        t0 = self._clock()
-        generator = torch.Generator().manual_seed(st.seed * 1000 + stage_index)
-        ctx = StageContext(
-            stage=stage,
-            stage_index=stage_index,
-            attn=st.scores.pop(stage.layer, None),
-            image_span=(start, end),
-            hidden=hidden[0],
-            input_embeds=st.input_embeds,
-            generator=generator,
-            rope=st.stage_rope.pop(stage.layer, None),
-            keys=st.keys.pop(stage.layer, None),
-            final_norm=self.language_model.norm,
-        )
-        sel: Selection = st.method.select(ctx)
-        keep = sel.keep.to(hidden.device)
-        n_current = end - start
-        n_merged = 0 if sel.merged is None else sel.merged.shape[0]
-        if keep.numel() != min(stage.keep, n_current) or n_merged != stage.merged:
-            raise RuntimeError(
-                f"{self.method.name} kept {keep.numel()} + merged {n_merged} tokens at layer {layer_idx}, "
-                f"expected {stage.keep} + {stage.merged}"
-            )
-        if keep.numel() and (keep.min() < 0 or keep.max() >= n_current or (keep.diff() <= 0).any()):
-            raise RuntimeError(f"{self.method.name} returned kept indices that are not sorted, unique and in range")
-        device = hidden.device
-        parts = [hidden[:, :start], hidden[:, start + keep]]
-        if n_merged:
-            if self.method.positions != "compact":
-                raise RuntimeError(f"{self.method.name}: merged tokens need positions=compact")
-            parts.append(sel.merged.to(hidden.dtype)[None])
-        parts.append(hidden[:, end:])
-        new_hidden = torch.cat(parts, dim=1)  # [1, n', d]
-        # Original positions of the new sequence (merged tokens have none: -1).
-        old = st.seq_positions
-        st.seq_positions = torch.cat(
-            [old[:start], old[start + keep], torch.full((n_merged,), -1, device=device), old[end:]]
-        )
-        # Original image indices of the kept original tokens (merged ones sit after them).
-        n_orig_current = n_current - st.n_merged
-        keep_orig = keep[keep < n_orig_current]
-        st.kept_image = st.kept_image[keep_orig]
-        st.n_merged = int(keep.numel() - keep_orig.numel()) + n_merged
-        st.image_span = (start, start + keep.numel() + n_merged)
-        st.pruned = True
-        if self.record_kept:
-            st.kept[layer_idx] = st.kept_image.tolist()
-        st.scoring_s += self._clock() - t0
-        return new_hidden
-
     def _score_before(self, b: int, st: PrefillState, layer, hidden: torch.Tensor, kwargs: dict) -> None:
-        """PDrop: the last token's attention from this layer's own projections of its input (before it runs).
-
-        The cos/sin the layer receives are per token (M-RoPE's three axes already assembled), so the
-        rotation is the same `x cos + rotate_half(x) sin` on every family. `hidden`: the sample's `[1, n, d]`.
-        """
-        t0 = self._clock()
+        """PDrop's scoring of one sample's layer input `[1, n, d]` at the current positions."""
         if self.pruned and self.gathered is None:
             self.gathered = self._gather(kwargs, self.layer_lens[-1] if self.layer_lens else hidden.shape[1])
         cos, sin = (self.gathered if self.pruned else kwargs)["position_embeddings"]  # [B, n, hd]
         row = min(b, cos.shape[0] - 1)
-        cos, sin = cos[row:row + 1, st.pad:], sin[row:row + 1, st.pad:]  # [1, n_b, hd]
-        attn = layer.self_attn
-        x = layer.input_layernorm(hidden)  # [1, n, d]
-        n, hd = x.shape[1], attn.head_dim
-        q = attn.q_proj(x[:, -1:]).view(1, 1, -1, hd).transpose(1, 2)  # [1, H, 1, hd]
-        k = attn.k_proj(x).view(1, n, -1, hd).transpose(1, 2)  # [1, H_kv, n, hd]
-        q = q * cos[:, None, -1:] + rotate_half(q) * sin[:, None, -1:]
-        k = k * cos[:, None] + rotate_half(k) * sin[:, None]
-        k = repeat_kv(k, attn.num_key_value_groups)[0].float()  # [H, n, hd]
-        logits = (q[0].float() @ k.transpose(-1, -2)) * attn.scaling  # [H, 1, n]: the last row sees every key
-        st.scores[attn.layer_idx] = logits.softmax(-1)
-        st.scoring_s += self._clock() - t0
+        score_before(st, layer, hidden, cos[row:row + 1, st.pad:], sin[row:row + 1, st.pad:])
 
     # ---------------------------------------------------------------- generate
     @torch.no_grad()
@@ -492,32 +372,8 @@ class PruningEngine:
 
     # ---------------------------------------------------------------- layer inputs
     def _gather(self, kwargs: dict, n: int) -> dict:
-        """Gather the full-length layer kwargs to the current sequences of n (padded) tokens."""
-        states = self.states
-        if len(states) == 1 and states[0].orig_pad == 0:  # batch 1: exactly as always
-            st = states[0]
-            index = slice(0, n) if self.method.positions == "compact" else st.seq_positions
-            out = {}
-            if kwargs.get("position_ids") is not None:
-                out["position_ids"] = kwargs["position_ids"][:, index]
-            cos, sin = kwargs["position_embeddings"]  # [1, N, hd] each
-            out["position_embeddings"] = (cos[:, index], sin[:, index])
-            mask = kwargs.get("attention_mask")
-            if isinstance(mask, torch.Tensor):  # [1, 1, N, N]
-                out["attention_mask"] = mask[:, :, index][:, :, :, index]
-            return out
-        compact = self.method.positions == "compact"
-        positions = [torch.arange(n - st.pad, device=st.seq_positions.device) if compact else st.seq_positions
-                     for st in states]
-        pads = [st.pad for st in states]
-        index = layout.gather_index(positions, pads, [st.orig_pad for st in states], n)  # [B, n]
-        out = {}
-        if kwargs.get("position_ids") is not None:
-            out["position_ids"] = layout.take(kwargs["position_ids"], index)
-        cos, sin = kwargs["position_embeddings"]  # [B, N, hd] each
-        out["position_embeddings"] = (layout.take(cos, index), layout.take(sin, index))
-        out["attention_mask"] = layout.prefill_mask(pads, n, index.device)
-        return out
+        """The full-length layer kwargs gathered to the current sequences of n (padded) tokens."""
+        return layout.gather_inputs(self.states, kwargs, n, compact=self.method.positions == "compact")
 
     def _decode_kwargs(self, layer_idx: int, args: tuple, kwargs: dict):
         """Decode at a pruned layer: the new tokens' positions (per_layer) and the columns of the mask.
@@ -530,21 +386,10 @@ class PruningEngine:
         out = {}
         if self.decode_positions == "per_layer":
             out.update(self._per_layer_positions(layer_idx, args[0], kwargs))
-        mask = kwargs.get("attention_mask")
-        if len(self.states) == 1 and self.states[0].orig_pad == 0:
-            st = self.states[0]
-            if isinstance(mask, torch.Tensor):
-                if self.method.positions == "compact":
-                    cached = torch.arange(st.tokens_per_layer[layer_idx], device=mask.device)
-                else:
-                    cached = st.layer_positions[layer_idx]
-                new = torch.arange(st.prompt_len, mask.shape[-1], device=mask.device)
-                out["attention_mask"] = mask[..., torch.cat([cached, new])]
-        else:
-            hidden = args[0]
-            pads = [st.layer_pads[layer_idx] for st in self.states]
-            out["attention_mask"] = layout.decode_mask(pads, self.layer_lens[layer_idx], mask, self.prompt_len,
-                                                       hidden.shape[1], self.generated - hidden.shape[1], hidden.device)
+        mask = layout.decode_mask(self.states, layer_idx, kwargs.get("attention_mask"), args[0], self.layer_lens[layer_idx],
+                                  self.prompt_len, self.generated, compact=self.method.positions == "compact")
+        if mask is not None:
+            out["attention_mask"] = mask
         return (args, {**kwargs, **out}) if out else None
 
     def _per_layer_positions(self, layer_idx: int, hidden: torch.Tensor, kwargs: dict) -> dict:

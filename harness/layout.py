@@ -71,7 +71,7 @@ def prefill_mask(pads: list[int], n: int, device) -> torch.Tensor:
     return mask[:, None]
 
 
-def decode_mask(pads: list[int], cached: int, hf_mask: torch.Tensor | None, prompt_len: int, q: int,
+def padded_decode_mask(pads: list[int], cached: int, hf_mask: torch.Tensor | None, prompt_len: int, q: int,
                 generated: int, device) -> torch.Tensor:
     """`[B, 1, q, cached + generated + q]` bool for a decode step at a pruned layer.
 
@@ -89,3 +89,65 @@ def decode_mask(pads: list[int], cached: int, hf_mask: torch.Tensor | None, prom
         new = (cols[None, :] <= generated + torch.arange(q, device=device)[:, None])[None, None]
         new = new.expand(len(pads), 1, q, generated + q)
     return torch.cat([prompt, new], dim=-1)
+
+
+def is_unpadded(states: list) -> bool:
+    """Batch 1 without padding: the layers keep HF's own mask (sliced to the kept set) as they always did."""
+    return len(states) == 1 and states[0].orig_pad == 0
+
+
+def gather_inputs(states: list, kwargs: dict, n: int, compact: bool) -> dict:
+    """The full-length layer kwargs (position ids, RoPE cos/sin, mask) gathered to the current `[B, n]` layout.
+
+    Args:
+        states: the batch's `PrefillState`s (positions, current and original padding).
+        kwargs: what HF hands every decoder layer (full prompt length N).
+        n: the current (padded) sequence length. compact: positions renumbered 0..n_b-1 per sample.
+    """
+    if is_unpadded(states):
+        st = states[0]
+        index = slice(0, n) if compact else st.seq_positions
+        out = {}
+        if kwargs.get("position_ids") is not None:
+            out["position_ids"] = kwargs["position_ids"][:, index]
+        cos, sin = kwargs["position_embeddings"]  # [1, N, hd] each
+        out["position_embeddings"] = (cos[:, index], sin[:, index])
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor):  # [1, 1, N, N]
+            out["attention_mask"] = mask[:, :, index][:, :, :, index]
+        return out
+    positions = [torch.arange(n - st.pad, device=st.seq_positions.device) if compact else st.seq_positions
+                 for st in states]
+    pads = [st.pad for st in states]
+    index = gather_index(positions, pads, [st.orig_pad for st in states], n)  # [B, n]
+    out = {}
+    if kwargs.get("position_ids") is not None:
+        out["position_ids"] = take(kwargs["position_ids"], index)
+    cos, sin = kwargs["position_embeddings"]  # [B, N, hd] each
+    out["position_embeddings"] = (take(cos, index), take(sin, index))
+    out["attention_mask"] = prefill_mask(pads, n, index.device)
+    return out
+
+
+def decode_mask(states: list, layer_idx: int, hf_mask, hidden: torch.Tensor, cached: int, prompt_len: int,
+                generated: int, compact: bool) -> torch.Tensor | None:
+    """The mask of a decode step at a pruned layer over what that layer cached (None: keep HF's, none needed).
+
+    Args:
+        hf_mask: HF's mask for the step over the full prompt, or None. hidden: the new tokens `[B, q, d]`.
+        cached: the layer's (padded) prefill length; prompt_len: the full padded prompt; generated: tokens
+            generated so far including these q.
+    """
+    q = hidden.shape[1]
+    if is_unpadded(states):
+        if not isinstance(hf_mask, torch.Tensor):
+            return None
+        st = states[0]
+        if compact:
+            kept = torch.arange(st.tokens_per_layer[layer_idx], device=hf_mask.device)
+        else:
+            kept = st.layer_positions[layer_idx]
+        new = torch.arange(st.prompt_len, hf_mask.shape[-1], device=hf_mask.device)
+        return hf_mask[..., torch.cat([kept, new])]
+    pads = [st.layer_pads[layer_idx] for st in states]
+    return padded_decode_mask(pads, cached, hf_mask, prompt_len, q, generated - q, hidden.device)

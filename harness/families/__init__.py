@@ -94,6 +94,23 @@ def family_named(name: str) -> ModelFamily:
     return families[name]
 
 
+def check_family(family: ModelFamily, method) -> None:
+    """One clear error for a method that cannot run on this model's family."""
+    name = family.name
+    if getattr(method, "needs_vision_attention", False) and not family.vision_cls:
+        raise ValueError(f"{method.name} reads the vision CLS token's attention; the {name} vision tower has no CLS token")
+    if getattr(method, "pre_llm", False) and not family.pre_llm:
+        raise ValueError(
+            f"{method.name} reduces the image before the language model; the engine splices a reduced block "
+            f"only on llava (model family {name} is not supported for pre-LLM methods)"
+        )
+    if getattr(method, "positions", None) == "compact" and family.mrope:
+        raise ValueError(
+            f"{method.name}: positions=compact renumbers 1-D positions; {name} uses 3-D M-RoPE positions "
+            "(allowed there: method.positions=original)"
+        )
+
+
 def scaled_budget(budget: int, image_tokens: int) -> int:
     """The budget for a sample with `image_tokens` image tokens: the same fraction budget/576 of them."""
     if image_tokens == REFERENCE_TOKENS:
