@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import harness.rundir  # noqa: F401  (registers the `batch_tag` resolver of the run dirs)
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig

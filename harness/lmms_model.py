@@ -8,6 +8,7 @@ the model.
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 
@@ -21,6 +22,8 @@ from harness.flops import prefill_flops
 from harness.results import SampleLog
 from harness.scoring import scorer_for
 from harness.timing import Clock, FirstLogits
+
+LOG = logging.getLogger("prunebench")
 
 
 class StopOnStrings(StoppingCriteria):
@@ -273,9 +276,10 @@ class PrunedLlava(lmms):
                     record["scores"] = scorer.score(doc, record["response"])
                 out.append(record)
             return out
-        except Exception:
+        except Exception as exc:
             if len(rows) == 1:
                 raise
+            LOG.warning("a batch of %d failed (%s: %s); its samples run one at a time", len(rows), type(exc).__name__, exc)
             return [self.run_one(*row[0].args) for row in rows]
 
     def _kv_bytes(self, st, n_new: int) -> int:

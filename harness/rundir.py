@@ -24,6 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 LOCK_NAME = ".prunebench.lock"
 NEW_SWEEP_ENV = "PRUNEBENCH_NEW_SWEEP_DIR"  # set for the jobs of a multirun whose sweep dir this run created
 
+
+
+def batch_tag(batch_size) -> str:
+    """The run dir suffix of a batch size: "" at 1 (the default dir), "-b8" at 8 (its own dir: its own identity)."""
+    return "" if int(batch_size) == 1 else f"-b{int(batch_size)}"
+
+
+# Used by conf/config.yaml's run dirs; registered at import (run.py, and a launcher's job through RunDirGuard).
+OmegaConf.register_new_resolver("batch_tag", batch_tag, replace=True)
+
 _before: dict[str, set[str] | None] = {}  # resolved run dir -> its entries before the run (None: it did not exist)
 _hydra_files: dict[str, dict[Path, bytes]] = {}  # resolved run dir -> the .hydra/*.yaml it had (Hydra rewrites them)
 
