@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from harness.shapes.train import Recipe
 
 
+def step_lr(
+    recipe: Recipe, stage: str, optimizer: torch.optim.Optimizer, peak: float, warmup_steps: int, budget: float
+) -> tuple[int, float]:
+    """The stage's next step (0-based) and its LR (warm-up, then cosine over the time budget), set on `optimizer`."""
+    step = recipe.state.step[stage]
+    fraction = recipe.clock.stage(stage) / budget
+    lr = curriculum.warmup_cosine_lr(peak, step + 1, warmup_steps, fraction)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return step, lr
+
+
 def train_vision(recipe: Recipe) -> None:
     """Tower and projector trained alone with per-patch heads until every head reaches
     `--vision-target` on held-out images or the `--minutes-vision` budget runs out."""
@@ -43,11 +55,7 @@ def train_vision(recipe: Recipe) -> None:
     bar = tqdm(total=int(budget), initial=int(min(budget, recipe.clock.stage("vision"))), desc="vision",
                unit="s", mininterval=args.bar_seconds)  # fmt: skip
     while recipe.clock.stage("vision") < budget:
-        step = recipe.state.step["vision"]
-        fraction = recipe.clock.stage("vision") / budget
-        lr = curriculum.warmup_cosine_lr(args.lr_vision, step + 1, 50, fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        step, lr = step_lr(recipe, "vision", optimizer, args.lr_vision, 50, budget)
         batch = recipe.take(stream, "vision", args.batch_vision)
         pixels = pixel_values([b[0] for b in batch], recipe.processor)
         loss, _ = supervision.vision_loss(model, heads, pixels, supervision.vision_batch_labels([b[1] for b in batch]))
@@ -121,11 +129,7 @@ def train_align(recipe: Recipe) -> None:
     bar = tqdm(total=int(budget), initial=int(min(budget, recipe.clock.stage("align"))), desc="align", unit="s",
                mininterval=args.bar_seconds)  # fmt: skip
     while recipe.clock.stage("align") < budget:
-        step = recipe.state.step["align"]
-        fraction = recipe.clock.stage("align") / budget
-        lr = curriculum.warmup_cosine_lr(args.lr_align, step + 1, 20, fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        step, lr = step_lr(recipe, "align", optimizer, args.lr_align, 20, budget)
         batch = recipe.take(stream, "align", args.batch_vision)
         with torch.no_grad():
             features = tower_hidden(model, pixel_values([b[0] for b in batch], recipe.processor))[:, 1:] / scale
