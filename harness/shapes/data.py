@@ -119,6 +119,7 @@ def _gqa_item(rng: random.Random, kind: str, answer: str) -> tuple[Scene, dict]:
 
 
 def _mme_item(rng: random.Random, category: str) -> tuple[Scene, list[dict]]:
+    """Samples scenes until one supports a Yes/No pair of `category`; returns scene, pair."""
     for _ in range(1000):
         scene = sample_scene(rng, n_objects=rng.randint(2, MAX_OBJECTS) if category == "position" else None)
         pair = mme_questions(scene, rng, category)
