@@ -4,6 +4,7 @@ lmms-eval, LLaVA's prompts, and scores through the tasks' own hooks checked by h
 import math
 
 import pytest
+from task_score import score
 
 from harness.fixtures import write_fixtures
 from harness.tasks import load_tasks, task_manager
@@ -18,17 +19,6 @@ NAMES = ["mmbench_en_dev", "mmbench_cn_dev", "scienceqa_img", "textvqa_val", "te
 def tasks(tmp_path_factory) -> dict:
     data = {name: str(path) for name, path in write_fixtures(tmp_path_factory.mktemp("fixtures")).items()}
     return load_tasks(NAMES, data, task_manager())
-
-
-def score(task, responses: list[str]) -> dict[str, float]:
-    """One response per doc through the task's process_results and aggregations."""
-    docs = task.test_docs()
-    assert len(docs) == len(responses)
-    per_metric = {}
-    for doc, response in zip(docs, responses):
-        for metric, value in task.process_results(doc, [response]).items():
-            per_metric.setdefault(metric, []).append(value)
-    return {metric: task.aggregation()[metric](values) for metric, values in per_metric.items()}
 
 
 @pytest.mark.parametrize("name, n_docs, first_prompt", [

@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 from PIL import Image
+from task_score import score
 
 from harness.fixtures import COLORS, write_fixtures
 from harness.tasks import TASKS_DIR, is_local, load_tasks, location_for, task_manager, task_specs
@@ -34,17 +35,6 @@ def tasks(data, manager) -> dict:
     (group,) = [key for key in loaded if not isinstance(key, str)]
     assert group.group_name == "pope"
     return {"gqa": loaded["gqa"], "mme": loaded["mme"], **loaded[group]}
-
-
-def score(task, responses: list[str]) -> dict[str, float]:
-    """Feed one fixed response per doc through the task's process_results and aggregations."""
-    docs = task.test_docs()
-    assert len(docs) == len(responses)
-    per_metric = {}
-    for doc, response in zip(docs, responses):
-        for metric, value in task.process_results(doc, [response]).items():
-            per_metric.setdefault(metric, []).append(value)
-    return {metric: task.aggregation()[metric](values) for metric, values in per_metric.items()}
 
 
 def centre(image: Image.Image) -> tuple[int, int, int]:

@@ -12,8 +12,9 @@ processes slow each other down several-fold.
 Stages over one run state (`state.py`; resumable from `--workdir/state.pt`, written atomically every
 `--checkpoint-minutes`), on the tiny LLaVA of `tiny.py`:
 
-1. vision, then align (`supervision.py`): the tower and projector alone, densely supervised per
-   patch; then the projector is re-fitted to a fixed code of each patch's attributes.
+1. vision, then align (`vision_stage.py`, `supervision.py`): the tower and projector alone,
+   densely supervised per patch; then the projector is re-fitted to a fixed code of each patch's
+   attributes.
 2. lm (`packing.py`, `curriculum.py`): the language model on packed sequences (an image block +
    ~12 question blocks), a bind phase on colour / shape questions, then a curriculum from 96 image
    tokens to every layout pruning produces.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness.model import build_word_processor
-from harness.shapes import curriculum, data, supervision
+from harness.shapes import curriculum, data, supervision, vision_stage
 from harness.shapes.card import model_card
 from harness.shapes.checks import run_checks
 from harness.shapes.curriculum import LMSchedule
@@ -64,7 +65,7 @@ from harness.shapes.state import (
     load_checkpoint,
     save_checkpoint,
 )
-from harness.shapes.tiny import N_PATCHES, build_model, pixel_values, tower_hidden
+from harness.shapes.tiny import build_model, pixel_values, tower_hidden
 
 
 class Recipe:
@@ -165,147 +166,14 @@ class Recipe:
         if self.state.stage in ("final", "done"):
             self.final(out)
 
-    # ---- stage 1 ---------------------------------------------------------------------------
+    # ---- stage 1 (vision_stage.py) ---------------------------------------------------------
     def train_vision(self) -> None:
-        self.record_run()
-        args, model, heads = self.args, self.model, self.heads
-        budget = 60 * args.minutes_vision
-        params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
-        params += list(heads.parameters())
-        optimizer = torch.optim.AdamW(params, lr=args.lr_vision, weight_decay=0.01)
-        if self.state.optimizer is not None:
-            optimizer.load_state_dict(self.state.optimizer)
-        heldout_stream = data.training_batches(data.EVAL_SEED_BASE - 1 - args.seed)  # disjoint training-range seed
-        heldout = []
-        for _ in range(args.vision_heldout // 16):
-            chunk = [next(heldout_stream) for _ in range(16)]
-            heldout.append((pixel_values([c[0] for c in chunk], self.processor), supervision.vision_batch_labels([c[1] for c in chunk])))
-        stream = self.stream("vision", args.seed)
-        model.train()
-        self.clock.begin("vision")
-        bar = tqdm(total=int(budget), initial=int(min(budget, self.clock.stage("vision"))), desc="vision",
-                   unit="s", mininterval=args.bar_seconds)  # fmt: skip
-        while self.clock.stage("vision") < budget:
-            step = self.state.step["vision"]
-            fraction = self.clock.stage("vision") / budget
-            lr = curriculum.warmup_cosine_lr(args.lr_vision, step + 1, 50, fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = self.take(stream, "vision", args.batch_vision)
-            pixels = pixel_values([b[0] for b in batch], self.processor)
-            loss, _ = supervision.vision_loss(model, heads, pixels, supervision.vision_batch_labels([b[1] for b in batch]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            self.state.step["vision"] = step + 1
-            bar.update(int(min(budget, self.clock.stage("vision"))) - bar.n)
-            bar.set_postfix(loss=f"{loss.item():.3f}", step=step + 1, refresh=False)
-            record = {"step": step + 1, "stage": "vision", "elapsed": round(self.clock.total(), 1),
-                      "loss": round(loss.item(), 4), "lr": lr, "n_image_tokens": N_PATCHES}  # fmt: skip
-            done = False
-            if (step + 1) % args.vision_eval_every == 0:
-                model.eval()
-                accuracy = supervision.vision_accuracy(model, heads, heldout)
-                model.train()
-                record["eval"] = {k: round(v, 4) for k, v in accuracy.items()}
-                self.state.last_eval = record["eval"]
-                tqdm.write(f"[vision step {step + 1}] " + " ".join(f"{k}={v:.4f}" for k, v in accuracy.items() if not k.endswith("_all")))
-                done = all(accuracy[f"patch_{name}"] >= args.vision_target for name in supervision.PATCH_HEADS)
-            if (step + 1) % args.log_every == 0 or "eval" in record:
-                self.curve.log(record)
-            if done:
-                tqdm.write(f"vision stage reached the target {args.vision_target} at step {step + 1}")
-                break
-            self.maybe_save(optimizer)
-        bar.close()
-        model.eval()
-        accuracy = supervision.vision_accuracy(model, heads, heldout)
-        self.log(stage="vision", eval={k: round(v, 4) for k, v in accuracy.items()}, final=True)
-        self.state.vision_final = accuracy
-        tqdm.write("vision stage done: " + json.dumps({k: round(v, 4) for k, v in accuracy.items()}))
-        self.clock.end()
-        self.state.stage = "align"
-        self.state.optimizer = None
-        self.save(None)
+        """The tower and projector alone, densely supervised per patch (`vision_stage.train_vision`)."""
+        vision_stage.train_vision(self)
 
-    # ---- stage 1b --------------------------------------------------------------------------
     def train_align(self) -> None:
-        """Re-fits the projector (fresh weights, tower frozen) to the fixed `patch_code` of each
-        patch's attributes (weighted MSE, object patches x5). The projector trained only through
-        linear probes gave the language model tokens dominated by one shared direction (mean norm
-        184 of 202; colour means 43 apart with within-colour spread 58): the language model then
-        stayed at chance on colour and yes/no questions for 80 minutes."""
-        self.record_run()
-        args, model = self.args, self.model
-        budget = 60 * args.minutes_align
-        projector = model.model.multi_modal_projector
-        if self.state.step["align"] == 0:  # fresh projector weights (seeded)
-            torch.manual_seed(args.seed + 7)
-            for layer in (projector.linear_1, projector.linear_2):
-                layer.reset_parameters()
-        model.model.vision_tower.requires_grad_(False)
-        projector.requires_grad_(True)
-        code = supervision.patch_code(args.seed, model.config.text_config.hidden_size)
-        optimizer = torch.optim.AdamW(projector.parameters(), lr=args.lr_align, weight_decay=0.0)
-        if self.state.optimizer is not None:
-            optimizer.load_state_dict(self.state.optimizer)
-        heldout_stream = data.training_batches(data.EVAL_SEED_BASE - 2 - args.seed)
-        held = [next(heldout_stream) for _ in range(32)]
-        with torch.no_grad():
-            held_features = tower_hidden(model, pixel_values([h[0] for h in held], self.processor))[:, 1:]
-        # the tower's features have std ~9: the fit runs on features / scale (from scratch it stalls
-        # otherwise) and the scale is folded into linear_1 at the end
-        scale = self.state.align_scale = self.state.align_scale or held_features.std().item()
-        held_features = held_features / scale
-        held_labels = supervision.vision_batch_labels([h[1] for h in held])
-        stream = self.stream("align", args.seed + 2)
-        self.clock.begin("align")
-        bar = tqdm(total=int(budget), initial=int(min(budget, self.clock.stage("align"))), desc="align", unit="s",
-                   mininterval=args.bar_seconds)  # fmt: skip
-        while self.clock.stage("align") < budget:
-            step = self.state.step["align"]
-            fraction = self.clock.stage("align") / budget
-            lr = curriculum.warmup_cosine_lr(args.lr_align, step + 1, 20, fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = self.take(stream, "align", args.batch_vision)
-            with torch.no_grad():
-                features = tower_hidden(model, pixel_values([b[0] for b in batch], self.processor))[:, 1:] / scale
-            labels = supervision.vision_batch_labels([b[1] for b in batch])
-            target = supervision.code_targets(code, labels)  # [B, 576, dim]
-            weight = 1.0 + 4.0 * (labels["colour"] > 0).float()  # [B, 576]
-            error = (projector(features) - target).pow(2).sum(-1)  # [B, 576]
-            loss = (error * weight).sum() / weight.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            self.state.step["align"] = step + 1
-            bar.update(int(min(budget, self.clock.stage("align"))) - bar.n)
-            bar.set_postfix(loss=f"{loss.item():.3f}", step=step + 1, refresh=False)
-            record = {"step": step + 1, "stage": "align", "elapsed": round(self.clock.total(), 1), "loss": round(loss.item(), 4), "lr": lr}
-            if (step + 1) % 50 == 0:
-                record["eval"] = {k: round(v, 4) for k, v in supervision.code_accuracy(projector(held_features), code, held_labels).items()}
-                tqdm.write(f"[align step {step + 1}] " + json.dumps(record["eval"]))
-            if (step + 1) % args.log_every == 0 or "eval" in record:
-                self.curve.log(record)
-            self.maybe_save(optimizer)
-        bar.close()
-        with torch.no_grad():
-            projected = projector(held_features)
-        accuracy = supervision.code_accuracy(projected, code, held_labels)
-        target = supervision.code_targets(code, held_labels)  # [B, 576, dim]
-        accuracy["code_r2"] = 1 - ((projected - target).pow(2).sum() / target.var(dim=(0, 1)).sum() / projected[..., 0].numel()).item()
-        self.log(stage="align", eval={k: round(v, 4) for k, v in accuracy.items()}, final=True)
-        self.state.align_final = accuracy
-        tqdm.write("align stage done: " + json.dumps({k: round(v, 4) for k, v in accuracy.items()}))
-        with torch.no_grad():  # fold the input scale: projector(features) == fitted(features / scale)
-            projector.linear_1.weight.div_(scale)
-        projector.requires_grad_(False)
-        self.clock.end()
-        self.state.stage = "lm"
-        self.state.optimizer = None
-        self.save(None)
+        """The projector re-fitted to the patch code, the tower frozen (`vision_stage.train_align`)."""
+        vision_stage.train_align(self)
 
     # ---- stage 2 ---------------------------------------------------------------------------
     def train_lm(self) -> None:
