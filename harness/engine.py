@@ -38,7 +38,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import rotate_half
 
 from harness.budget import check_schedule
-from harness.families import REFERENCE_TOKENS, family_of, scaled_budget
+from harness.families import (
+    REFERENCE_TOKENS,
+    check_schedule_kind,
+    family_of,
+    scaled_budget,
+)
 from harness.methods.base import (
     DECODE_POSITIONS,
     PruningMethod,
@@ -163,6 +168,7 @@ class PruningEngine:
     def _check_family(self, method: PruningMethod) -> None:
         """One clear error for a method that cannot run on this model's family."""
         family = self.family.name
+        check_schedule_kind(family, method)
         if getattr(method, "needs_vision_attention", False) and not self.family.vision_cls:
             raise ValueError(f"{method.name} reads the vision CLS token's attention; the {family} vision tower has no CLS token")
         if self.pre_llm and not self.family.pre_llm:
@@ -509,11 +515,14 @@ class PruningEngine:
 
     def facts(self) -> dict:
         """What the run's method did beyond its config: resolved positions and where its counts come from."""
-        return {
+        facts = {
             "positions": getattr(self.method, "positions", None),
             "decode_positions": self.decode_positions,
             "schedule": getattr(self.method, "schedule_kind", None),
         }
+        if getattr(self.method, "stage_source", None):  # the model config's source of its stage layers
+            facts["stage_source"] = self.method.stage_source
+        return facts
 
     def _clock(self) -> float:
         if not self.time_scoring:

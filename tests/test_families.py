@@ -252,6 +252,37 @@ def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
         assert abs(sum(s["vision_per_layer"]) / 28 - round(64 * s["image_tokens"] / 576)) <= 1
     fraction = np.mean([np.mean(s["vision_per_layer"]) / s["image_tokens"] for s in samples])
     assert tokens["realized_fraction"] == pytest.approx(fraction)
+    assert results["method_facts"]["stage_source"] == "scaled by depth (no Qwen port in FastV's code)"
+
+
+@pytest.mark.parametrize("name,kind", [("adaptinfer", "paper"), ("adaptinfer", "derived"), ("dart", "paper"),
+                                       ("divprune", "paper"), ("pdrop", "paper"), ("sparsevlm", "paper")])
+def test_published_schedules_are_refused_off_llava_with_one_line(family, name, kind):
+    fam, model, _, cfg = family
+    with pytest.raises(ValueError, match=rf"^{name}: method.schedule={kind} uses counts published for LLaVA-1.5's "
+                                         rf"576 image tokens; model family {fam} has no published {name} counts "
+                                         r"\(allowed there: method.schedule=matched\)$"):
+        PruningEngine(model, method_for(name, 128, cfg, schedule=kind))
+
+
+def test_adaptinfer_on_qwen_uses_its_official_port_layers(family):
+    fam, model, _, cfg = family
+    engine = PruningEngine(model, method_for("adaptinfer", 64, cfg))
+    expected = [0, 9, 19] if fam == "qwen2_5_vl" else [1, 10, 20]  # Qwen2-VL port's pruning_loc / LLaVA's own
+    assert [s.layer for s in engine.stages] == expected
+
+
+@pytest.mark.parametrize("model", ["tiny_llava_next", "tiny_qwen2_5_vl"])
+def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, model):
+    proc = run_cli([f"model={model}", "tasks=fixtures", "method=adaptinfer", "budget=128", "method.schedule=paper",
+                    "method.positions=original", "limit=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                   tmp_path)
+    assert proc.returncode != 0
+    family = "llava_next" if model == "tiny_llava_next" else "qwen2_5_vl"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: adaptinfer: method.schedule=paper uses counts published for LLaVA-1.5's 576 image tokens; "
+        f"model family {family} has no published adaptinfer counts (allowed there: method.schedule=matched)")
+    assert not (tmp_path / "run" / "samples.jsonl").exists()
 
 
 def test_run_py_refuses_a_method_the_family_cannot_run(tmp_path):

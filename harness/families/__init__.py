@@ -97,6 +97,27 @@ def scaled_budget(budget: int, image_tokens: int) -> int:
     return max(0, min(image_tokens, round(budget * image_tokens / REFERENCE_TOKENS)))
 
 
+def check_schedule_kind(family: str, method) -> None:
+    """One clear error for `schedule=paper` (or `derived`) off LLaVA-1.5.
+
+    The published counts of every method here are LLaVA-1.5's (576 image tokens, 32 layers). No method's
+    official code publishes counts for LLaVA-NeXT's anyres blocks, and AdaptInfer's Qwen2-VL port publishes
+    per-stage keep ratios under its own percentage labels (10/30/50% retained), which no integer budget/576
+    reproduces; so on those families only the matched schedule is defined.
+    """
+    kind = getattr(method, "schedule_kind", "matched")
+    if family != "llava" and kind != "matched":
+        raise ValueError(
+            f"{method.name}: method.schedule={kind} uses counts published for LLaVA-1.5's 576 image tokens; "
+            f"model family {family} has no published {method.name} counts (allowed there: method.schedule=matched)"
+        )
+
+
+def stage_source(model_cfg, method_name: str) -> str | None:
+    """Where a model config's stage layers for a method come from (`stage_sources.<method>` in conf/model/*.yaml):
+    the method's official port for that family (repository and file), or "scaled by depth"."""
+    return (model_cfg.get("stage_sources") or {}).get(method_name)
+
 
 def method_overrides(model_cfg, method_name: str) -> dict:
     """Method settings a model config fixes for its family (`method_overrides.<method>` in conf/model/*.yaml).
