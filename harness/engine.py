@@ -56,6 +56,11 @@ from harness.prellm import prellm_generate
 from harness.schedule import Schedule
 
 ATTN_NAME = "prunebench_sdpa"
+PRE_LLM_NEEDS = {  # a pre-LLM method's `needs_<x>` -> what the family must offer (`ModelFamily.pre_llm`)
+    "vision_attention": "the CLS attention of one vision-tower pass over the image block",
+    "vision_hidden": "vision patch states aligned with the image block",
+    "square_grid": "the image block as one square patch grid",
+}
 VISION_ATTN_NAME = "prunebench_vision_sdpa"
 
 
@@ -174,8 +179,15 @@ class PruningEngine:
         if self.pre_llm and not self.family.pre_llm:
             raise ValueError(
                 f"{method.name} reduces the image before the language model; the engine splices a reduced block "
-                f"only on llava (model family {family} is not supported for pre-LLM methods)"
+                f"only on llava and llava_next (model family {family} is not supported for pre-LLM methods)"
             )
+        if self.pre_llm:
+            for need, what in PRE_LLM_NEEDS.items():
+                if getattr(method, f"needs_{need}", False) and need not in self.family.pre_llm:
+                    raise ValueError(
+                        f"{method.name} needs {what}, which model family {family} does not give pre-LLM methods "
+                        f"(it gives: {', '.join(sorted(self.family.pre_llm))})"
+                    )
         if getattr(method, "positions", None) == "compact" and self.family.mrope:
             raise ValueError(
                 f"{method.name}: positions=compact renumbers 1-D positions; {family} uses 3-D M-RoPE positions "
@@ -197,7 +209,7 @@ class PruningEngine:
             method.budget = scaled_budget(self.method.budget, image_tokens)
             decision = method.schedule(self.num_layers, image_tokens)
             check_schedule(decision.stages, decision.budget, self.num_layers, image_tokens, method.name,
-                           check_budget=getattr(method, "schedule_kind", "matched") == "matched")
+                           check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
             self._schedules[image_tokens] = (method, decision.stages)
         self.active, stages = self._schedules[image_tokens]
         self._use_stages(stages)

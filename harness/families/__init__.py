@@ -27,7 +27,10 @@ class ModelFamily(Protocol):
     model_class: type
     mrope: bool  # multi-axis RoPE positions (Qwen2.5-VL): compact renumbering is not defined there
     vision_cls: bool  # the vision tower has a CLS token whose attention pre-LLM methods may read
-    pre_llm: bool  # the engine can splice a reduced image block into this family's prompt
+    # What pre-LLM methods get on this family (empty: they do not run here): "features" (the sample's projected
+    # image block), "vision_attention" (CLS attention + keys of one tower pass over that block), "vision_hidden"
+    # (the feature layer's patch states aligned with the block), "square_grid" (the block is one square grid).
+    pre_llm: frozenset
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack: `.layers`, `.norm`, `.rotary_emb`."""
@@ -39,6 +42,11 @@ class ModelFamily(Protocol):
 
     def image_tokens(self, model: nn.Module) -> int | None:
         """Image tokens of every sample if fixed (LLaVA-1.5: 576), else None (known per sample)."""
+        ...
+
+    def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
+        """One sample's projected image block `[V, d]`, as it would fill the prompt, and the feature layer's
+        patch states `[V, dv]` aligned with it when `vision_hidden` (else None)."""
         ...
 
     def decode_offset(self, model: nn.Module) -> int:
