@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from harness.engine import PruningEngine
 from harness.families import family_of, method_overrides
-from harness.flops import prefill_flops
+from harness.flops import text_prefill_flops
 from harness.methods import METHOD_CONF, load_method
 from harness.results import write_report
 from harness.runner import versions
@@ -120,11 +120,11 @@ def run_bench(cfg: DictConfig) -> dict:
             runs[key].append({**record, "peak_bytes": peak, "peak_above_start_bytes": peak - start})  # above: activations + cache
 
     vision = vision_flops(model, inputs)
-    vanilla_llm = prefill_flops(runs[configs[0]][0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
+    vanilla_llm = text_prefill_flops(text, runs[configs[0]][0]["tokens_per_layer"])
     vanilla_prefill = float(np.median([r["prefill_ms"] for r in runs[configs[0]]]))
     rows = []
     for (name, budget), reps in runs.items():
-        llm = prefill_flops(reps[0]["tokens_per_layer"], text.hidden_size, text.intermediate_size)
+        llm = text_prefill_flops(text, reps[0]["tokens_per_layer"])
         prefill = float(np.median([r["prefill_ms"] for r in reps]))
         measured = vanilla_prefill / prefill
         ideal = (vision + vanilla_llm) / (vision + llm)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.budget import check_schedule
-from harness.families import method_overrides
+from harness.families import check_schedule_kind, method_overrides, stage_source
 from harness.model import model_shape, read_config
 
 
@@ -94,8 +94,12 @@ def check_method(cfg: DictConfig):
         ValueError: a bad option value or budget, naming it and what is allowed.
     """
     method = _instantiate(cfg.method, **method_overrides(cfg.model, cfg.method_name))
+    source = stage_source(cfg.model, cfg.method_name)
+    if source:
+        method.stage_source = source  # recorded in results.json method_facts
     load = OmegaConf.to_container(cfg.model.load, resolve=True)
     target = load.pop("_target_", None)
+    check_schedule_kind(load.get("family", "llava") if target == "harness.model.load_model" else "llava", method)
     if target == "harness.model.load_model" and load.pop("family", "llava") == "llava":
         load.pop("processor_kwargs", None)
     elif target != "harness.model.load_llava":  # image tokens vary per sample: the engine checks each one

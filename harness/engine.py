@@ -41,7 +41,7 @@ from harness.attention import ATTN_NAME, VISION_ATTN_NAME, attention_rows
 from harness.budget import check_schedule
 from harness.families import REFERENCE_TOKENS, check_family, family_of, scaled_budget
 from harness.methods.base import DECODE_POSITIONS, PruningMethod, Stage, check_choice
-from harness.prellm import prellm_generate
+from harness.prellm import prellm_generate, prellm_generate_batch
 from harness.schedule import Schedule
 from harness.selection import apply_stage, score_before
 from harness.state import PrefillState
@@ -115,7 +115,7 @@ class PruningEngine:
             method.budget = scaled_budget(self.method.budget, image_tokens)
             decision = method.schedule(self.num_layers, image_tokens)
             check_schedule(decision.stages, decision.budget, self.num_layers, image_tokens, method.name,
-                           check_budget=getattr(method, "schedule_kind", "matched") == "matched")
+                           check_budget=not self.pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
             self._schedules[image_tokens] = (method, decision.stages)
         return self._schedules[image_tokens]
 
@@ -353,16 +353,16 @@ class PruningEngine:
             (new token ids `[B, T]`, padded after a row stops; generate's output dict). `self.states[b]` holds
             row b's record.
         """
-        if self.pre_llm:
-            if inputs["input_ids"].shape[0] != 1:
-                raise ValueError(f"{self.method.name}: pre-LLM methods run batch_size=1")
-            self.sample_seed = seeds[0]
-            new, out = prellm_generate(self, inputs, (instructions or [None])[0], **kwargs)
-            return new[None], out
         ids = inputs["input_ids"]
         layout.left_pads(inputs.get("attention_mask"), ids.shape[0], ids.shape[1])  # refuse right padding up front
         if len(seeds) != ids.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for a batch of {ids.shape[0]}")
+        if self.pre_llm:
+            if ids.shape[0] == 1 and "attention_mask" not in inputs:  # batch 1: exactly `generate`
+                self.sample_seed = seeds[0]
+                new, out = prellm_generate(self, inputs, (instructions or [None])[0], **kwargs)
+                return new[None], out
+            return prellm_generate_batch(self, inputs, seeds, instructions or [None] * ids.shape[0], **kwargs)
         self._batch_seeds = list(seeds)
         try:
             out = self.model.generate(**inputs, **kwargs, return_dict_in_generate=True)
@@ -413,11 +413,14 @@ class PruningEngine:
 
     def facts(self) -> dict:
         """What the run's method did beyond its config: resolved positions and where its counts come from."""
-        return {
+        facts = {
             "positions": getattr(self.method, "positions", None),
             "decode_positions": self.decode_positions,
             "schedule": getattr(self.method, "schedule_kind", None),
         }
+        if getattr(self.method, "stage_source", None):  # the model config's source of its stage layers
+            facts["stage_source"] = self.method.stage_source
+        return facts
 
     def _add_scoring_time(self, seconds: float) -> None:
         """Shared work (gathering a batch's layer inputs) counts for each sample in equal shares."""

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from harness.engine import PruningEngine
-from harness.flops import prefill_flops
+from harness.flops import text_prefill_flops
 from harness.results import SampleLog
 from harness.scoring import scorer_for
 from harness.timing import Clock, FirstLogits
@@ -293,8 +293,8 @@ class PrunedLlava(lmms):
         """What the engine did in this sample's prefill (`st`, default the last one): counts, FLOPs, kept sets."""
         st = st or self.engine.state
         text = self.model.config.text_config
-        flops = prefill_flops(st.tokens_per_layer, text.hidden_size, text.intermediate_size)
-        vanilla = prefill_flops([st.prompt_len] * len(st.tokens_per_layer), text.hidden_size, text.intermediate_size)
+        flops = text_prefill_flops(text, st.tokens_per_layer)
+        vanilla = text_prefill_flops(text, [st.prompt_len] * len(st.tokens_per_layer))
         record = {
             "vision_per_layer": st.vision_per_layer,
             "image_tokens": st.image_tokens,  # this sample's image tokens before pruning (varies on some families)

@@ -1,16 +1,22 @@
 """The pre-LLM path: a method reduces the image features before the language model sees them.
 
-The engine runs the vision tower (capturing the CLS attention and keys at the feature layer when the
-method reads them), hands the method a `PreLLMContext`, splices the kept + merged features into the
-prompt's embeddings in place of the image block, and generates from `inputs_embeds`. Every layer then
-sees the reduced block (`vision_per_layer` is the budget at every layer).
+For one sample, the engine runs the vision tower through the model's family (`ModelFamily.image_features`:
+LLaVA-1.5's 576 patches, LLaVA-NeXT's packed anyres block; capturing the CLS attention and keys at the
+feature layer when the method reads them), hands the method a `PreLLMContext` with this sample's budget
+(LLaVA-1.5: `budget`; a family whose image-token count varies: the same fraction budget/576 of this
+sample's block, as in-LLM methods), splices the kept + merged features into the prompt's embeddings in
+place of the image block, and generates from `inputs_embeds`. Every layer then sees the reduced block
+(`vision_per_layer` is the sample's budget at every layer); positions are 0..N'-1 over the reduced prompt
+(1-D RoPE), and decode continues from N'.
 """
 
 from __future__ import annotations
 
 import torch
 
+from harness import layout
 from harness.methods.base import PreLLMContext
+from harness.state import PrefillState
 
 
 def prellm_generate(engine, inputs: dict, instruction: str | None, **kwargs) -> tuple[torch.Tensor, dict]:
@@ -18,43 +24,77 @@ def prellm_generate(engine, inputs: dict, instruction: str | None, **kwargs) -> 
 
     Returns (new token ids `[n_new]`, generate's output dict); `engine.state` holds the sample's record.
     """
+    embeds, engine.state = reduce_sample(engine, inputs, instruction, engine.sample_seed)
+    out = engine.model.generate(inputs_embeds=embeds, **kwargs, return_dict_in_generate=True)
+    return out.sequences[0], out  # with inputs_embeds alone, generate returns only the new tokens
+
+
+def prellm_generate_batch(engine, inputs: dict, seeds: list[int], instructions: list[str | None],
+                          **kwargs) -> tuple[torch.Tensor, dict]:
+    """A left-padded batch: each sample reduced alone, the reduced prompts left-padded again and generated together.
+
+    Returns (new token ids `[B, T]`, generate's output dict); `engine.states[b]` holds row b's record.
+    """
+    ids = inputs["input_ids"]
+    pads = layout.left_pads(inputs.get("attention_mask"), ids.shape[0], ids.shape[1])
+    rows, states = [], []
+    for b, pad in enumerate(pads):
+        embeds, st = reduce_sample(engine, sample_inputs(inputs, b, pad), instructions[b], seeds[b])
+        rows.append(embeds)
+        states.append(st)
+    embeds, new_pads = layout.left_pad(rows)  # [B, N', d]
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    for b, pad in enumerate(new_pads):
+        mask[b, :pad] = 0
+    engine.states = states
+    out = engine.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, return_dict_in_generate=True)
+    return out.sequences, out
+
+
+def sample_inputs(inputs: dict, row: int, pad: int) -> dict:
+    """Row `row` of batched processor outputs, as the processor gives one sample (no padding, no mask)."""
+    out = {"input_ids": inputs["input_ids"][row:row + 1, pad:]}
+    for key in ("pixel_values", "image_sizes"):  # [B, ...] per sample (LLaVA-NeXT trims its padded tiles itself)
+        if key in inputs:
+            out[key] = inputs[key][row:row + 1]
+    return out
+
+
+def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> tuple[torch.Tensor, PrefillState]:
+    """One sample (batch 1): its prompt embeddings with the image block reduced, `[1, N', d]`, and its state
+    (image span, kept indices into the sample's image block, tokens per layer)."""
     input_ids = inputs["input_ids"]
     t0 = engine._clock()
-    st = engine._new_state(input_ids[0], engine.sample_seed)
+    st = engine._new_state(input_ids[0], seed)
     start, end = st.image_span
+    budget = st.method.schedule(engine.num_layers, end - start).budget if end > start else 0
     embeds = engine.model.get_input_embeddings()(input_ids)  # [1, N, d]
     kept_image = torch.arange(0, device=input_ids.device)
     n_merged = 0
-    if end > start and engine.decision.budget == 0:  # no image token survives (blind): skip the vision tower
+    if end > start and budget == 0:  # no image token survives (blind): skip the vision tower
         embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
     elif end > start:
         engine.vision_capture, engine.capture_s = None, 0.0
-        config = engine.model.config
         t_tower = engine._clock()
-        vision = engine.model.model.get_image_features(
-            pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        )
-        features = vision.pooler_output[0]  # [V, d]
+        features, vision_hidden = engine.family.image_features(
+            engine.model, inputs, getattr(engine.method, "needs_vision_hidden", False))  # [V, d], [V, dv] | None
         t0 += engine._clock() - t_tower - engine.capture_s  # the tower and projector are not scoring
+        if features.shape[0] != end - start:
+            raise RuntimeError(f"the vision tower gave {features.shape[0]} features for {end - start} image tokens")
         cls_attn, keys = engine.vision_capture or (None, None)
-        vision_hidden = None
-        if getattr(engine.method, "needs_vision_hidden", False):  # the feature layer's patches, before the projector
-            vision_hidden = vision.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
-            vision_hidden = vision_hidden[1:] if config.vision_feature_select_strategy == "default" else vision_hidden
-        generator = torch.Generator().manual_seed(engine.sample_seed * 1000)
-        ctx = PreLLMContext(features, cls_attn, keys, generator, engine.decision.budget, vision_hidden, instruction)
-        sel = engine.method.reduce(ctx)
+        generator = torch.Generator().manual_seed(seed * 1000)
+        ctx = PreLLMContext(features, cls_attn, keys, generator, budget, vision_hidden, instruction)
+        sel = st.method.reduce(ctx)
         kept_image = sel.keep.to(input_ids.device)
         parts = [features[kept_image]]
         if sel.merged is not None and sel.merged.shape[0]:
             n_merged = sel.merged.shape[0]
             parts.append(sel.merged.to(features.dtype))
         image = torch.cat(parts).to(embeds.dtype)  # [B, d]
-        if image.shape[0] != engine.decision.budget:
+        if image.shape[0] != budget:
             raise RuntimeError(
                 f"{engine.method.name} returned {kept_image.numel()} kept + {n_merged} merged image tokens, "
-                f"expected budget={engine.decision.budget}"
+                f"expected budget={budget}"
             )
         embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
     n_image = kept_image.numel() + n_merged
@@ -65,7 +105,4 @@ def prellm_generate(engine, inputs: dict, instruction: str | None, **kwargs) -> 
     if engine.record_kept:
         st.kept[0] = kept_image.tolist()
     st.scoring_s += engine._clock() - t0
-    engine.state = st
-    out = engine.model.generate(inputs_embeds=embeds, **kwargs, return_dict_in_generate=True)
-    return out.sequences[0], out  # with inputs_embeds alone, generate returns only the new tokens
-
+    return embeds, st

@@ -192,11 +192,79 @@ def test_qwen_image_sizes_get_their_own_schedules():
     assert counts == [64, 120] and keeps[0] < keeps[1]
 
 
+PRE_LLM_ON_NEXT = {"divprune": {}, "random": {"stage": "prellm"}, "blind": {}}  # need only the packed features
+NOT_ON_NEXT = {"visionzip": "the CLS attention of one vision-tower pass over the image block",
+               "cdpruner": "vision patch states aligned with the image block",
+               "pool": "the image block as one square patch grid"}
+
+
 @pytest.mark.parametrize("name", PRE_LLM)
-def test_pre_llm_methods_fail_with_one_clear_line(family, name):
+def test_pre_llm_methods_that_cannot_run_fail_with_one_clear_line(family, name):
     fam, model, _, cfg = family
-    with pytest.raises(ValueError, match=rf"^{name} .*{fam}"):
-        PruningEngine(model, method_for(name, 64, cfg))
+    if fam == "llava_next" and name in PRE_LLM_ON_NEXT:
+        assert PruningEngine(model, method_for(name, 64, cfg)).pre_llm
+        return
+    if fam == "llava_next":
+        message = (f"{name} needs {NOT_ON_NEXT[name]}, which model family llava_next does not give pre-LLM "
+                   "methods (it gives: features)")
+        with pytest.raises(ValueError, match=f"^{message}$".replace("(", r"\(").replace(")", r"\)")):
+            PruningEngine(model, method_for(name, 64, cfg))
+    else:
+        with pytest.raises(ValueError, match=rf"^{name} .*{fam}"):
+            PruningEngine(model, method_for(name, 64, cfg))
+
+
+def greedy_without_cache(model, embeds: torch.Tensor, steps: int) -> list[int]:
+    """Slow reference decode: the whole sequence recomputed at every step, positions 0..n-1, no cache."""
+    tokens = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(inputs_embeds=embeds, use_cache=False).logits[0, -1]
+            tokens.append(int(logits.argmax()))
+            embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor([[tokens[-1]]]))], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("size", [(200, 300), (336, 336)])  # 1x2 and 2x2 tiles: different block lengths
+@pytest.mark.parametrize("name", list(PRE_LLM_ON_NEXT))
+def test_pre_llm_on_llava_next_keeps_the_fraction_splices_the_block_and_decodes(name, size):
+    from test_divprune import official_divprune
+
+    cfg = OmegaConf.load(MODEL_CONF / "tiny_llava_next.yaml")
+    model, processor = load_model("llava_next", config="tiny", num_layers=4, dtype="float32", device="cpu", seed=0)
+    inputs = make_inputs(processor, cfg, size)
+    ids = inputs["input_ids"][0]
+    where = (ids == model.config.image_token_index).nonzero().flatten()
+    start, end = int(where[0]), int(where[-1]) + 1
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["inputs_embeds"][0].clone()) if not seen else None, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)  # vanilla: the block HF fills (base view, unpadded tiles, row separators)
+        block = seen.pop()[start:end]  # [V, d]
+        engine = PruningEngine(model, method_for(name, 64, cfg, **PRE_LLM_ON_NEXT[name]), record_kept=True)
+        engine.sample_seed = 3
+        with torch.no_grad(), engine:
+            new_tokens, _ = engine.generate(inputs, max_new_tokens=4, do_sample=False)
+        spliced = seen.pop()  # [N', d]
+    finally:
+        hook.remove()
+    n_image = end - start
+    budget = 0 if name == "blind" else round(64 * n_image / REFERENCE_TOKENS)  # the same fraction 64/576
+    st = engine.state
+    assert st.image_tokens == n_image and st.vision_per_layer == [budget] * 4
+    kept = st.kept_image.tolist()
+    if name == "divprune":
+        assert kept == sorted(official_divprune(block, budget))
+    elif name == "random":
+        assert kept == sorted(torch.randperm(n_image, generator=torch.Generator().manual_seed(3000))[:budget].tolist())
+    else:
+        assert kept == []
+    embeds = model.get_input_embeddings()(inputs["input_ids"])[0]
+    expected = torch.cat([embeds[:start], block[kept], embeds[end:]])  # [N - V + B, d]
+    torch.testing.assert_close(spliced, expected)
+    assert new_tokens.tolist() == greedy_without_cache(model, expected[None], 4)
 
 
 def test_compact_positions_are_refused_under_mrope(family):
@@ -252,6 +320,52 @@ def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
         assert abs(sum(s["vision_per_layer"]) / 28 - round(64 * s["image_tokens"] / 576)) <= 1
     fraction = np.mean([np.mean(s["vision_per_layer"]) / s["image_tokens"] for s in samples])
     assert tokens["realized_fraction"] == pytest.approx(fraction)
+    assert results["method_facts"]["stage_source"] == "scaled by depth (no Qwen port in FastV's code)"
+
+
+@pytest.mark.parametrize("name,kind", [("adaptinfer", "paper"), ("adaptinfer", "derived"), ("dart", "paper"),
+                                       ("divprune", "paper"), ("pdrop", "paper"), ("sparsevlm", "paper")])
+def test_published_schedules_are_refused_off_llava_with_one_line(family, name, kind):
+    fam, model, _, cfg = family
+    with pytest.raises(ValueError, match=rf"^{name}: method.schedule={kind} uses counts published for LLaVA-1.5's "
+                                         rf"576 image tokens; model family {fam} has no published {name} counts "
+                                         r"\(allowed there: method.schedule=matched\)$"):
+        PruningEngine(model, method_for(name, 128, cfg, schedule=kind))
+
+
+def test_adaptinfer_on_qwen_uses_its_official_port_layers(family):
+    fam, model, _, cfg = family
+    engine = PruningEngine(model, method_for("adaptinfer", 64, cfg))
+    expected = [0, 9, 19] if fam == "qwen2_5_vl" else [1, 10, 20]  # Qwen2-VL port's pruning_loc / LLaVA's own
+    assert [s.layer for s in engine.stages] == expected
+
+
+@pytest.mark.parametrize("model", ["tiny_llava_next", "tiny_qwen2_5_vl"])
+def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, model):
+    proc = run_cli([f"model={model}", "tasks=fixtures", "method=adaptinfer", "budget=128", "method.schedule=paper",
+                    "method.positions=original", "limit=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                   tmp_path)
+    assert proc.returncode != 0
+    family = "llava_next" if model == "tiny_llava_next" else "qwen2_5_vl"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: adaptinfer: method.schedule=paper uses counts published for LLaVA-1.5's 576 image tokens; "
+        f"model family {family} has no published adaptinfer counts (allowed there: method.schedule=matched)")
+    assert not (tmp_path / "run" / "samples.jsonl").exists()
+
+
+def test_run_py_runs_a_pre_llm_method_on_tiny_llava_next(tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(["model=tiny_llava_next", "tasks=fixtures", "method=divprune", "budget=64", "limit=2",
+                    "max_new_tokens=3", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["error"] is None for s in samples)
+    for s in samples:  # every layer sees this sample's round(64 * V / 576) image tokens
+        assert s["vision_per_layer"] == [round(64 * s["image_tokens"] / 576)] * 32
+    assert results["tokens"]["budget_label"] == "320"
 
 
 def test_run_py_refuses_a_method_the_family_cannot_run(tmp_path):

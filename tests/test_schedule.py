@@ -115,3 +115,25 @@ def test_flops_by_hand():
     # n=2, hidden=3, intermediate=5: 2 * (4*2*9 + 2*4*3 + 3*2*3*5) = 2 * (72 + 24 + 90)
     assert layer_flops(2, 3, 5) == 372.0
     assert prefill_flops([2, 2, 1], 3, 5) == 2 * 372.0 + 2 * (36 + 6 + 45)
+    # grouped keys, kv_width=1: q, o 2*2*3*3 = 36; k, v 2*2*3*1 = 12; 2 * (36 + 12 + 24 + 90)
+    assert layer_flops(2, 3, 5, kv_width=1) == 324.0
+    assert layer_flops(2, 3, 5, kv_width=3) == layer_flops(2, 3, 5)
+
+
+@pytest.mark.parametrize(("asset", "kv", "per_layer_636"), [
+    # Vicuna-7B, full multi-head attention: unchanged, 2 * (4*636*4096^2 + 2*636^2*4096 + 3*636*4096*11008)
+    ("llava-1.5-7b-hf", 4096, 2 * (4 * 636 * 4096**2 + 2 * 636**2 * 4096 + 3 * 636 * 4096 * 11008)),
+    ("llava-v1.6-vicuna-7b-hf", 4096, 2 * (4 * 636 * 4096**2 + 2 * 636**2 * 4096 + 3 * 636 * 4096 * 11008)),
+    # Qwen2.5-VL-7B: 4 KV heads of 28 (x 128) -> k, v project 3584 -> 512
+    ("qwen2.5-vl-7b-instruct", 512,
+     2 * (2 * 636 * 3584**2 + 2 * 636 * 3584 * 512 + 2 * 636**2 * 3584 + 3 * 636 * 3584 * 18944)),
+])
+def test_flops_of_the_7b_configs_count_keys_and_values_at_their_width(asset, kv, per_layer_636):
+    from transformers import AutoConfig
+
+    from harness.flops import kv_width, text_prefill_flops
+
+    text = AutoConfig.from_pretrained(ROOT / "harness" / "assets" / asset).text_config
+    assert kv_width(text) == kv
+    assert text_prefill_flops(text, [636, 636, 100]) == 2 * per_layer_636 + layer_flops(100, text.hidden_size,
+                                                                                      text.intermediate_size, kv)

@@ -27,7 +27,10 @@ class ModelFamily(Protocol):
     model_class: type
     mrope: bool  # multi-axis RoPE positions (Qwen2.5-VL): compact renumbering is not defined there
     vision_cls: bool  # the vision tower has a CLS token whose attention pre-LLM methods may read
-    pre_llm: bool  # the engine can splice a reduced image block into this family's prompt
+    # What pre-LLM methods get on this family (empty: they do not run here): "features" (the sample's projected
+    # image block), "vision_attention" (CLS attention + keys of one tower pass over that block), "vision_hidden"
+    # (the feature layer's patch states aligned with the block), "square_grid" (the block is one square grid).
+    pre_llm: frozenset
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack: `.layers`, `.norm`, `.rotary_emb`."""
@@ -39,6 +42,11 @@ class ModelFamily(Protocol):
 
     def image_tokens(self, model: nn.Module) -> int | None:
         """Image tokens of every sample if fixed (LLaVA-1.5: 576), else None (known per sample)."""
+        ...
+
+    def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
+        """One sample's projected image block `[V, d]`, as it would fill the prompt, and the feature layer's
+        patch states `[V, dv]` aligned with it when `vision_hidden` (else None)."""
         ...
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
@@ -94,16 +102,32 @@ def family_named(name: str) -> ModelFamily:
     return families[name]
 
 
+PRE_LLM_NEEDS = {  # a pre-LLM method's `needs_<x>` -> what the family must offer (`ModelFamily.pre_llm`)
+    "vision_attention": "the CLS attention of one vision-tower pass over the image block",
+    "vision_hidden": "vision patch states aligned with the image block",
+    "square_grid": "the image block as one square patch grid",
+}
+
+
 def check_family(family: ModelFamily, method) -> None:
     """One clear error for a method that cannot run on this model's family."""
     name = family.name
+    check_schedule_kind(name, method)
     if getattr(method, "needs_vision_attention", False) and not family.vision_cls:
         raise ValueError(f"{method.name} reads the vision CLS token's attention; the {name} vision tower has no CLS token")
-    if getattr(method, "pre_llm", False) and not family.pre_llm:
+    pre_llm = getattr(method, "pre_llm", False)
+    if pre_llm and not family.pre_llm:
         raise ValueError(
             f"{method.name} reduces the image before the language model; the engine splices a reduced block "
-            f"only on llava (model family {name} is not supported for pre-LLM methods)"
+            f"only on llava and llava_next (model family {name} is not supported for pre-LLM methods)"
         )
+    if pre_llm:
+        for need, what in PRE_LLM_NEEDS.items():
+            if getattr(method, f"needs_{need}", False) and need not in family.pre_llm:
+                raise ValueError(
+                    f"{method.name} needs {what}, which model family {name} does not give pre-LLM methods "
+                    f"(it gives: {', '.join(sorted(family.pre_llm))})"
+                )
     if getattr(method, "positions", None) == "compact" and family.mrope:
         raise ValueError(
             f"{method.name}: positions=compact renumbers 1-D positions; {name} uses 3-D M-RoPE positions "
@@ -117,6 +141,27 @@ def scaled_budget(budget: int, image_tokens: int) -> int:
         return budget
     return max(0, min(image_tokens, round(budget * image_tokens / REFERENCE_TOKENS)))
 
+
+def check_schedule_kind(family: str, method) -> None:
+    """One clear error for `schedule=paper` (or `derived`) off LLaVA-1.5.
+
+    The published counts of every method here are LLaVA-1.5's (576 image tokens, 32 layers). No method's
+    official code publishes counts for LLaVA-NeXT's anyres blocks, and AdaptInfer's Qwen2-VL port publishes
+    per-stage keep ratios under its own percentage labels (10/30/50% retained), which no integer budget/576
+    reproduces; so on those families only the matched schedule is defined.
+    """
+    kind = getattr(method, "schedule_kind", "matched")
+    if family != "llava" and kind != "matched":
+        raise ValueError(
+            f"{method.name}: method.schedule={kind} uses counts published for LLaVA-1.5's 576 image tokens; "
+            f"model family {family} has no published {method.name} counts (allowed there: method.schedule=matched)"
+        )
+
+
+def stage_source(model_cfg, method_name: str) -> str | None:
+    """Where a model config's stage layers for a method come from (`stage_sources.<method>` in conf/model/*.yaml):
+    the method's official port for that family (repository and file), or "scaled by depth"."""
+    return (model_cfg.get("stage_sources") or {}).get(method_name)
 
 
 def method_overrides(model_cfg, method_name: str) -> dict:

@@ -17,7 +17,7 @@ class Llava:
     model_class: type = LlavaForConditionalGeneration
     mrope: bool = False
     vision_cls: bool = True
-    pre_llm: bool = True
+    pre_llm: frozenset = frozenset({"features", "vision_attention", "vision_hidden", "square_grid"})
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
@@ -28,6 +28,19 @@ class Llava:
     def image_tokens(self, model: nn.Module) -> int | None:
         vision = model.config.vision_config
         return (vision.image_size // vision.patch_size) ** 2
+
+    def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
+        """The 576 projected patch features (CLS dropped), and the feature layer's patch states if asked."""
+        config = model.config
+        out = model.model.get_image_features(
+            pixel_values=inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        hidden = None
+        if vision_hidden:  # the feature layer's patches, before the projector
+            hidden = out.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
+            hidden = hidden[1:] if config.vision_feature_select_strategy == "default" else hidden
+        return out.pooler_output[0], hidden  # [V, d], [V, dv] | None
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         return 0

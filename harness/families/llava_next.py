@@ -4,6 +4,12 @@ The processor expands `<image>` into the packed feature count of that image: the
 unpadded tiles of its best grid (up to 2x2 tiles of 336 px for LLaVA-v1.6: 2,304 features) and one
 `image_newline` row separator per row of tiles: up to 2,880 + 48 tokens, contiguous. The separators are
 image tokens for the engine (they sit in the block and methods may prune them).
+
+Pre-LLM methods get that packed block as HF builds it (base view, unpadded tiles, separators) and keep the
+same fraction budget/576 of it. Methods that read one tower pass over the block (VisionZip's CLS attention,
+CDPruner's patch states) or a square grid (pool) do not apply: the block mixes five crops, their unpadding
+and the separators. (VisionZip's official LLaVA-NeXT code reduces every crop on its own, dominant +
+contextual per crop, and drops the separators; that per-crop path is not built here.)
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ class LlavaNext:
     name: str = "llava_next"
     model_class: type = LlavaNextForConditionalGeneration
     mrope: bool = False
-    vision_cls: bool = True  # per crop; pre-LLM methods are not wired through anyres packing (see pre_llm)
-    pre_llm: bool = False
+    vision_cls: bool = True  # per crop
+    pre_llm: frozenset = frozenset({"features"})  # the packed block only (module docstring)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
@@ -36,6 +42,18 @@ class LlavaNext:
 
     def image_tokens(self, model: nn.Module) -> int | None:
         return None
+
+    def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
+        """The packed image block (base view, unpadded tiles, row separators) `[V, d]`; no patch states."""
+        if vision_hidden:
+            raise ValueError("llava_next gives pre-LLM methods no patch states aligned with its packed image block")
+        config = model.config
+        out = model.model.get_image_features(
+            pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        return out.pooler_output[0], None  # [V, d]: one entry per image; batch 1, one image
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         return 0

@@ -29,7 +29,7 @@ class Qwen2_5_VL:
     model_class: type = Qwen2_5_VLForConditionalGeneration
     mrope: bool = True
     vision_cls: bool = False
-    pre_llm: bool = False
+    pre_llm: frozenset = frozenset()  # a reduced block would need its kept tokens' 3-D M-RoPE positions: not built
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
@@ -39,6 +39,9 @@ class Qwen2_5_VL:
 
     def image_tokens(self, model: nn.Module) -> int | None:
         return None
+
+    def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
+        raise ValueError("pre-LLM methods do not run on qwen2_5_vl")
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         deltas = model.model.rope_deltas  # [B, 1] from the prefill's get_rope_index (relative to the padded length)

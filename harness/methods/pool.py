@@ -61,6 +61,7 @@ class Pool:
     pre_llm = True
     difficult_reference = True  # the naive baseline: "difficult" samples are the ones it gets wrong
     needs_vision_attention = False
+    needs_square_grid = True  # the image block is one side x side patch grid (LLaVA-1.5)
 
     def __init__(self, budget: int, max_aspect: float = MAX_ASPECT):
         self.budget = budget
