@@ -44,7 +44,7 @@ def declared_facts(method) -> dict:
 
 @dataclass
 class StageContext:
-    """Everything a method may look at when it selects tokens at one stage (prefill, batch 1).
+    """Everything a method may look at when it selects tokens at one stage (prefill, one sample).
 
     Attributes:
         stage: the stage being applied.
