@@ -52,7 +52,7 @@ MAX_NEW_TOKENS, UNTIL = 3, ["\n"]
 MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "scaled_dot_product", "attention")
 QUICK = ["suite.samples_per_task=2", "batch_sizes=[1,2]", "methods=[fastv,visionzip]",
          "model@prefill.model=tiny_random", "prefill.model.load.config=tiny", "prefill.reps=1", "prefill.warmup=0",
-         "prefill.methods=[fastv]", "profile.batches=1", "out=runs/throughput-quick"]
+         "prefill.methods=[fastv]", "profile.samples=2", "out=runs/throughput-quick"]
 
 
 @dataclass
@@ -69,9 +69,6 @@ def suite_samples(per_task: int) -> list[Sample]:
     samples = []
     for task, family, split in SUITE:
         rows = make_split(family, split, EVAL_SEEDS[family], SUITE_SIZES[family])
-        if per_task > len(rows):
-            raise ValueError(f"suite.samples_per_task={per_task} is more than the {len(rows)} questions of {task} "
-                             "(allowed: 1..60, the smallest task)")
         samples += [Sample(task, i, prompt(family, row["question"].strip()), row["image"].convert("RGB"), row["answer"])
                     for i, row in enumerate(rows[:per_task])]
     return samples
@@ -169,10 +166,6 @@ def profile_split(engine, processor, template, samples, size: int, seed: int) ->
 
 def engines_for(model, model_cfg, methods: list[str], budget: int) -> dict[str, PruningEngine]:
     """vanilla + each method at `budget`, one engine each (attached one at a time)."""
-    missing = [m for m in methods if not (METHOD_CONF / f"{m}.yaml").exists()]
-    if missing:
-        raise ValueError(f"methods {missing} have no config in {METHOD_CONF} "
-                         f"(known: {sorted(p.stem for p in METHOD_CONF.glob('*.yaml'))})")
     names = ["vanilla"] + [m for m in methods if m != "vanilla"]
     return {name: PruningEngine(model, load_method(name, budget if name != "vanilla" else 576,
                                                    **method_overrides(model_cfg, name))) for name in names}
@@ -191,10 +184,10 @@ def mismatches(reference: list[dict], records: list[dict]) -> list[dict]:
 
 def run_suite(cfg: DictConfig) -> dict:
     """Part (a): the embedded suite at every batch size, vanilla and every method."""
+    samples = suite_samples(cfg.suite.samples_per_task)
     model, processor = instantiate(cfg.suite.model.load)
     device = next(model.parameters()).device
     clock = Clock(device)
-    samples = suite_samples(cfg.suite.samples_per_task)
     template = cfg.suite.model.prompt
     engines = engines_for(model, cfg.suite.model, list(cfg.methods), cfg.budget)
     sizes = sorted(set(cfg.batch_sizes) | {1})
@@ -234,12 +227,12 @@ def run_suite(cfg: DictConfig) -> dict:
             "mismatches": sum(1 for m in bad if m["method"] == name and m["batch_size"] == size),
         })
     profile = []
-    if cfg.profile.batches and device.type == "cpu":
+    if cfg.profile.samples and device.type == "cpu":
         engine = engines[cfg.profile.method]
         for size in sizes:
             if cfg.profile.method in skipped and size > 1:
                 continue
-            subset = [s for rows in batches(samples, size)[: cfg.profile.batches * max(sizes) // size] for s in rows]
+            subset = [s for rows in batches(samples, size)[: max(cfg.profile.samples // size, 1)] for s in rows]
             with engine:
                 profile.append(profile_split(engine, processor, template, subset, size, cfg.seed))
     report = {
@@ -366,9 +359,65 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check(cfg: DictConfig) -> None:
+    """Every option against what it allows, before any model loads."""
+    known = sorted(p.stem for p in METHOD_CONF.glob("*.yaml"))
+    for key, methods in (("methods", cfg.methods), ("prefill.methods", cfg.prefill.methods)):
+        missing = [m for m in methods if m not in known]
+        if missing:
+            raise ValueError(f"{key}={list(methods)}: {missing} have no config in {METHOD_CONF} (known: {known})")
+    if cfg.profile.method not in ["vanilla", *cfg.methods]:
+        raise ValueError(f"profile.method={cfg.profile.method!r} is not run (allowed: vanilla or one of methods)")
+    for key, sizes in (("batch_sizes", cfg.batch_sizes), ("prefill.batch_sizes", cfg.prefill.batch_sizes)):
+        if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(f"{key}={list(sizes)} (allowed: a list of integers >= 1)")
+    for key in ("reps", "suite.samples_per_task", "prefill.reps"):
+        value = cfg[key.split(".")[0]][key.split(".")[1]] if "." in key else cfg[key]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} (allowed: an integer >= 1)")
+    if cfg.suite.samples_per_task > 60:
+        raise ValueError(f"suite.samples_per_task={cfg.suite.samples_per_task} (allowed: 1..60, the smallest task)")
+
+
+def why(suite: dict) -> str:
+    """The finding, in numbers: where batching stops paying, and what the time per sample is made of."""
+    rows = suite["rows"]
+    sizes = suite["batch_sizes"]
+    mean = {s: float(np.mean([r["speedup"] for r in rows if r["batch_size"] == s])) for s in sizes}
+    best = max(sizes, key=mean.get)
+    knee = min(s for s in sizes if mean[s] >= 0.95 * mean[best])
+    largest = [r for r in rows if r["batch_size"] == sizes[-1]]
+    pad = 100 * max(r["pad_share"] for r in largest) if largest else 0.0
+    idle = 100 * max(r["idle_row_step_share"] for r in largest) if largest else 0.0
+    text = (f"Averaged over the {len({r['method'] for r in rows})} configurations, batching gives "
+            + ", ".join(f"{mean[s]:.2f}x at batch {s}" for s in sizes[1:])
+            + (f"; batch {knee} already reaches 95% of the best ({mean[best]:.2f}x at batch {best}). " if knee != best
+               else f"; the largest gain is at batch {best}. "))
+    profile = {p["batch_size"]: p for p in suite["profile"]}
+    if 1 in profile and len(profile) > 1:
+        one, top = profile[1], profile[max(profile)]
+        saved = {k: one[f"{k}_ms_per_sample"] - top[f"{k}_ms_per_sample"] for k in ("wall", "python", "other_ops", "matmul")}
+        text += (f"The profile ({suite['profile_method']}, ms per sample, batch 1 -> {top['batch_size']}) says where the "
+                 f"gain comes from: of the {saved['wall']:.1f} ms saved, {saved['python']:.1f} ms is Python (generate's "
+                 f"loop, the engine's hooks, the processor: {one['python_ms_per_sample']:.1f} -> "
+                 f"{top['python_ms_per_sample']:.1f}), {saved['other_ops']:.1f} ms small tensor ops "
+                 f"({one['other_ops_ms_per_sample']:.1f} -> {top['other_ops_ms_per_sample']:.1f}) and "
+                 f"{saved['matmul']:.1f} ms matrix products ({one['matmul_ms_per_sample']:.1f} -> "
+                 f"{top['matmul_ms_per_sample']:.1f}). What is left at batch {top['batch_size']} is "
+                 f"{100 * top['matmul_share']:.0f}% matrix products, whose FLOPs per sample no batch size reduces; "
+                 f"on {suite['threads']} threads that compute is the floor, and batching stops paying once the "
+                 "per-sample overhead above it is gone. ")
+    text += (f"Padding and early stops cost little here: at batch {sizes[-1]}, {pad:.1f}% of the prompt tokens are "
+             f"padding (the shapes prompts differ by a few words) and {idle:.0f}% of the decode row-steps belong to "
+             "rows that had already stopped (answers are one word and a newline).")
+    return text
+
+
 def run_throughput(cfg: DictConfig) -> dict:
+    check(cfg)
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": {"platform": platform.platform()},
               "versions": versions(), "suite": run_suite(cfg)}
+    report["why"] = why(report["suite"])
     report["prefill"] = run_prefill(cfg) if cfg.prefill.enabled else None
     return report
 
