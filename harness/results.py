@@ -24,9 +24,10 @@ def versions() -> dict:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    import harness
     import torch
     import transformers
+
+    import harness
 
     try:
         lmms_eval = version("lmms_eval")

@@ -243,8 +243,6 @@ def run_suite(cfg: DictConfig) -> dict:
         "rows": rows, "mismatches": len(bad), "mismatch_list": bad, "profile": profile,
         "profile_method": cfg.profile.method,
     }
-    del engines, model
-    gc.collect()
     return report
 
 
@@ -293,8 +291,6 @@ def run_prefill(cfg: DictConfig) -> dict:
     report = {"model": pcfg.model.name, "dtype": str(model.dtype).replace("torch.", ""), "device": _device_name(device),
               "timer": clock.name, "threads": torch.get_num_threads(), "prompt_tokens": prompt_tokens,
               "batch_sizes": sizes, "reps": pcfg.reps, "warmup": pcfg.warmup, "rows": rows}
-    del engines, model
-    gc.collect()
     return report
 
 
@@ -310,8 +306,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# Throughput: batched evaluation ({report['date']})",
         "",
-        f"## Embedded suite: {suite['model']} ({suite['dtype']}, {suite['device']}, {suite['threads']} threads, "
-        f"timer {suite['timer']})",
+        (f"## Embedded suite: {suite['model']} ({suite['dtype']}, {suite['device']}, {suite['threads']} threads, "
+         f"timer {suite['timer']})"),
         "",
         (f"{suite['samples']} samples (the first {suite['samples_per_task']} of each of the {len(suite['tasks'])} "
          f"shapes tasks), budget {suite['budget']}, up to {suite['max_new_tokens']} new tokens, median of "
@@ -336,18 +332,18 @@ def to_markdown(report: dict) -> str:
         lines += [f"| {p['batch_size']} | {p['wall_ms_per_sample']:.1f} | {p['matmul_ms_per_sample']:.1f} | "
                   f"{p['other_ops_ms_per_sample']:.1f} | {p['python_ms_per_sample']:.1f} | {100 * p['matmul_share']:.0f}% |"
                   for p in suite["profile"]]
-        lines += ["", "matmul: matrix products, attention and the patch convolution (self time of those aten ops); "
-                  "other ops: every other aten op (norms, activations, copies, gathers, sampling); Python: the rest "
-                  "of the wall time (generate's loop, the engine's hooks and the methods' bookkeeping, the processor, "
-                  "stop strings). The profiler adds its own overhead per op, so read the shares, not the sums."]
+        lines += ["", ("matmul: matrix products, attention and the patch convolution (self time of those aten ops); "
+                       "other ops: every other aten op (norms, activations, copies, gathers, sampling); Python: the "
+                       "rest of the wall time (generate's loop, the engine's hooks and the methods' bookkeeping, the "
+                       "processor, stop strings). The profiler adds its own overhead per op: read the shares.")]
     if report.get("why"):
         lines += ["", "### Why", "", report["why"]]
     prefill = report.get("prefill")
     if prefill:
         prows = {(r["method"], r["batch_size"]): r for r in prefill["rows"]}
         psizes = prefill["batch_sizes"]
-        lines += ["", f"## Prefill: {prefill['model']} ({prefill['dtype']}, {prefill['device']}, "
-                  f"{prefill['threads']} threads, timer {prefill['timer']})", "",
+        lines += ["", (f"## Prefill: {prefill['model']} ({prefill['dtype']}, {prefill['device']}, "
+                       f"{prefill['threads']} threads, timer {prefill['timer']})"), "",
                   (f"Prompt {prefill['prompt_tokens']} tokens per sample (harness/bench.py's prompt, random weights), "
                    f"pixels to first-token logits, median of {prefill['reps']} interleaved repetitions. "
                    "Prompt tokens/s (speed-up vs batch 1)."), "",
@@ -418,6 +414,7 @@ def run_throughput(cfg: DictConfig) -> dict:
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": {"platform": platform.platform()},
               "versions": versions(), "suite": run_suite(cfg)}
     report["why"] = why(report["suite"])
+    gc.collect()  # the suite's model and engines, before the 7B loads
     report["prefill"] = run_prefill(cfg) if cfg.prefill.enabled else None
     return report
 

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from harness.shapes.data import EVAL_SEEDS, make_split
-from harness.throughput import Sample, batches, check, mismatches, suite_samples
+from harness.throughput import Sample, batches, check, mismatches, suite_samples, why
 
 ROOT = Path(__file__).parents[1]
 
@@ -92,3 +92,19 @@ def test_bad_options_are_refused_by_name(override, message):
         cfg = compose("throughput", overrides=["methods=[fastv]", override])
     with pytest.raises(ValueError, match=message):
         check(cfg)
+
+
+def test_why_states_the_measured_gains_and_where_they_stop():
+    rows = [{"method": m, "batch_size": b, "speedup": s, "pad_share": 0.002 * (b > 1), "idle_row_step_share": 0.0}
+            for m, speedups in (("vanilla", (1.0, 1.5, 1.6, 1.6)), ("fastv", (1.0, 1.3, 1.4, 1.44)))
+            for b, s in zip((1, 4, 8, 16), speedups)]
+    suite = {"rows": rows, "batch_sizes": [1, 4, 8, 16], "profile": [], "threads": 2, "profile_method": "fastv"}
+    text = why(suite)
+    assert "1.40x at batch 4, 1.50x at batch 8, 1.52x at batch 16" in text
+    assert "batch 8 already reaches 95% of the best (1.52x at batch 16)" in text and "0.2% of the prompt tokens" in text
+    profile = {"wall": (100.0, 40.0), "python": (25.0, 3.0), "other_ops": (20.0, 7.0), "matmul": (55.0, 30.0)}
+    suite["profile"] = [{"batch_size": b, **{f"{k}_ms_per_sample": v[i] for k, v in profile.items()},
+                         "matmul_share": profile["matmul"][i] / profile["wall"][i]} for i, b in enumerate((1, 16))]
+    text = why(suite)
+    assert "of the 60.0 ms saved, 22.0 ms is Python" in text and "13.0 ms small tensor ops" in text
+    assert "25.0 ms matrix products (55.0 -> 30.0)" in text and "is 75% matrix products" in text
