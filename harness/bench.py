@@ -29,8 +29,7 @@ from harness.engine import PruningEngine
 from harness.families import family_of, method_overrides
 from harness.flops import text_prefill_flops
 from harness.methods import METHOD_CONF, load_method
-from harness.results import write_report
-from harness.runner import versions
+from harness.results import versions, write_report
 from harness.timing import Clock, FirstLogits, peak_memory, reset_peak_memory
 
 INSTRUCTION = "What colour is the object on the left? Answer with one word."  # for methods that read the text

@@ -15,6 +15,28 @@ from pathlib import Path
 SCHEMA = 1
 
 
+def versions() -> dict:
+    """Versions of Python, torch, transformers, lmms-eval (None when it is not installed) and the harness.
+
+    Reads lmms-eval's version from the installed metadata, so a benchmark that does not need lmms-eval
+    runs (and reports) without it.
+    """
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    import transformers
+
+    import harness
+
+    try:
+        lmms_eval = version("lmms_eval")
+    except PackageNotFoundError:
+        lmms_eval = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "lmms_eval": lmms_eval, "harness": harness.__version__}
+
+
 def _finite(value):
     """NaN / inf (e.g. a metric over zero samples) become null: results.json stays strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
