@@ -31,10 +31,10 @@ from tqdm import tqdm
 from transformers import StoppingCriteriaList
 
 from harness.engine import PruningEngine
-from harness.lmms_model import PrunedLlava, StopOnStrings, cut_at
+from harness.generation import StopOnStrings, cut_at
+from harness.lmms_model import PrunedLlava
 from harness.methods import load_method
-from harness.results import SampleLog, write_report
-from harness.runner import versions
+from harness.results import SampleLog, versions, write_report
 from harness.tasks import data_locations, load_tasks
 
 

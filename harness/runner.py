@@ -15,20 +15,19 @@ from collections import defaultdict
 from pathlib import Path
 
 import datasets
-import harness
 import numpy as np
 import torch
-import transformers
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
 from harness.checks import check_config, check_method, make_logger
 from harness.engine import PruningEngine
 from harness.methods.base import declared_facts
-from harness.results import SCHEMA, SampleLog, write_json_atomic
+from harness.results import SCHEMA, SampleLog, versions, write_json_atomic
 from harness.rundir import RunLock, check_identity
 from harness.schedule import paper_tokens
 from harness.scoring import scorer_for
 from harness.timing import peak_memory, stats
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 LOG = logging.getLogger("prunebench")  # <run dir>/run.log (conf/config.yaml, hydra.job_logging)
 
@@ -282,24 +281,6 @@ def throughput(records: list[dict], batch_size: int) -> dict:
                         ("generated_tokens", sum(r["n_new_tokens"] for r in rows))):
         out[f"{name}_per_s"] = count / seconds if seconds else None
     return out
-
-
-def versions() -> dict:
-    import lmms_eval
-
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "lmms_eval": getattr(lmms_eval, "__version__", _dist_version("lmms_eval")), "harness": harness.__version__,
-    }
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def git_commit() -> str | None:
