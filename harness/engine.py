@@ -44,7 +44,7 @@ from harness.methods.base import DECODE_POSITIONS, PruningMethod, Stage, check_c
 from harness.prellm import prellm_generate, prellm_generate_batch
 from harness.schedule import Schedule
 from harness.selection import apply_stage, score_before
-from harness.state import PrefillState
+from harness.state import PrefillState, image_block
 
 __all__ = ["ATTN_NAME", "VISION_ATTN_NAME", "PrefillState", "PruningEngine"]
 
@@ -214,23 +214,11 @@ class PruningEngine:
 
     def _new_state(self, ids: torch.Tensor, seed: int = 0, pad: int = 0) -> PrefillState:
         """The state of one sample from its own (unpadded) input ids `[n]`."""
-        where = (ids == self.image_token_id).nonzero().flatten()
-        n = ids.shape[0]
+        start, end = image_block(ids, self.image_token_id, self.fixed_image_tokens)
         method, stages = self.method, self._schedules[self.num_image_tokens][1]
-        if where.numel() == 0:  # a text-only prompt: nothing to prune
-            start = end = n
-        else:
-            start, end = int(where[0]), int(where[-1]) + 1
-            expected = self.fixed_image_tokens
-            if end - start != where.numel() or (expected is not None and where.numel() != expected):
-                count = f"{expected} " if expected is not None else ""
-                raise ValueError(
-                    f"expected one contiguous block of {count}image tokens, "
-                    f"found {where.numel()} in positions {start}..{end - 1}"
-                )
-            if expected is None:
-                method, stages = self._schedule_for(end - start)
-        device = ids.device
+        if end > start and self.fixed_image_tokens is None:
+            method, stages = self._schedule_for(end - start)
+        n, device = ids.shape[0], ids.device
         return PrefillState(
             prompt_len=n, image_tokens=end - start, image_span=(start, end),
             seq_positions=torch.arange(n, device=device), kept_image=torch.arange(end - start, device=device),
@@ -393,23 +381,11 @@ class PruningEngine:
         return (args, {**kwargs, **out}) if out else None
 
     def _per_layer_positions(self, layer_idx: int, hidden: torch.Tensor, kwargs: dict) -> dict:
-        """Positions `own cache length + 0..Q-1` (+ the family's decode offset) for the Q new tokens at this layer.
-
-        HF places a generated token at `cache length + offset` (offset 0 for 1-D RoPE, `rope_deltas` on
-        Qwen2.5-VL, the same on all three M-RoPE axes); per_layer puts this layer's own cache length there
-        (each row's own: its padding at this layer is not part of it).
-        """
+        """Each row's new tokens at this layer's own cache length (`harness.layout.per_layer_positions`)."""
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        own = cache.get_seq_length(layer_idx)  # what this layer cached: its prefill tokens + earlier generated ones
-        pads = tuple(st.layer_pads[layer_idx] for st in self.states)
-        if (own, pads) not in self.decode_rope:  # once per distinct cache layout and step
-            q = hidden.shape[1]
-            starts = [own - pad + self.family.decode_offset(self.model, b, st.orig_pad)
-                      for b, (pad, st) in enumerate(zip(pads, self.states))]
-            ids = torch.tensor(starts, device=hidden.device)[:, None] + torch.arange(q, device=hidden.device)  # [B, Q]
-            self.decode_rope[(own, pads)] = (ids, self.language_model.rotary_emb(hidden, position_ids=ids))
-        ids, cos_sin = self.decode_rope[(own, pads)]
-        return {"position_ids": ids, "position_embeddings": cos_sin}
+        offsets = [self.family.decode_offset(self.model, b, st.orig_pad) for b, st in enumerate(self.states)]
+        return layout.per_layer_positions(self.states, layer_idx, cache.get_seq_length(layer_idx), hidden, offsets,
+                                          self.language_model.rotary_emb, self.decode_rope)
 
     def facts(self) -> dict:
         """What the run's method did beyond its config: resolved positions and where its counts come from."""

@@ -151,3 +151,25 @@ def decode_mask(states: list, layer_idx: int, hf_mask, hidden: torch.Tensor, cac
         return hf_mask[..., torch.cat([kept, new])]
     pads = [st.layer_pads[layer_idx] for st in states]
     return padded_decode_mask(pads, cached, hf_mask, prompt_len, q, generated - q, hidden.device)
+
+
+def per_layer_positions(states: list, layer_idx: int, own: int, hidden: torch.Tensor, offsets: list[int],
+                        rotary_emb, memo: dict) -> dict:
+    """Positions `own cache length + 0..Q-1` (+ the family's decode offset) for each row's Q new tokens.
+
+    HF places a generated token at `cache length + offset` (offset 0 for 1-D RoPE, `rope_deltas` on
+    Qwen2.5-VL, the same on all three M-RoPE axes); `decode_positions=per_layer` puts the layer's own
+    cache length there (each row's own: its padding at this layer is not part of it).
+
+    Args:
+        own: the layer's (padded) cache length before this step; hidden: the new tokens `[B, Q, d]`.
+        offsets: per row, the family's decode offset; memo: (cache length, pads) -> result, for this step.
+    """
+    pads = tuple(st.layer_pads[layer_idx] for st in states)
+    if (own, pads) not in memo:  # once per distinct cache layout and step
+        q = hidden.shape[1]
+        starts = torch.tensor([own - pad + off for pad, off in zip(pads, offsets)], device=hidden.device)
+        ids = starts[:, None] + torch.arange(q, device=hidden.device)  # [B, Q]
+        memo[(own, pads)] = (ids, rotary_emb(hidden, position_ids=ids))
+    ids, cos_sin = memo[(own, pads)]
+    return {"position_ids": ids, "position_embeddings": cos_sin}

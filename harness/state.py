@@ -1,4 +1,4 @@
-"""The engine's record of one sample in prefill and decode (`PrefillState`)."""
+"""The engine's record of one sample in prefill and decode (`PrefillState`), and where its image block is."""
 
 from __future__ import annotations
 
@@ -40,3 +40,21 @@ class PrefillState:
     def entering(self) -> dict[int, tuple[int, Stage]]:
         """Layer a stage takes effect on -> (stage index, stage)."""
         return {s.enters: (i, s) for i, s in enumerate(self.stages)}
+
+
+def image_block(ids: torch.Tensor, image_token_id: int, expected: int | None) -> tuple[int, int]:
+    """`(start, end)` of the one contiguous block of image tokens in a sample's ids `[n]` (`(n, n)`: text only).
+
+    Raises:
+        ValueError: the image tokens are not one block, or not `expected` of them (a family with a fixed count).
+    """
+    where = (ids == image_token_id).nonzero().flatten()
+    n = ids.shape[0]
+    if where.numel() == 0:
+        return n, n
+    start, end = int(where[0]), int(where[-1]) + 1
+    if end - start != where.numel() or (expected is not None and where.numel() != expected):
+        count = f"{expected} " if expected is not None else ""
+        raise ValueError(f"expected one contiguous block of {count}image tokens, "
+                         f"found {where.numel()} in positions {start}..{end - 1}")
+    return start, end

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+import harness.rundir  # noqa: F401  (the `batch_tag` resolver of conf/config.yaml's run dirs, as run.py registers it)
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 QUESTIONS = [

@@ -224,3 +224,12 @@ def test_method_rejects_an_unknown_choice_by_name(name):
     for key in [k for k in CHOICE_OPTIONS if k in cfg.method]:
         with pytest.raises((ValueError, InstantiationException), match=rf"method\.{key}='bogus' is not allowed \(allowed: "):
             instantiate(cfg.method, **{key: "bogus"}).schedule(L, V)
+
+
+def test_table_experiments_batch_accuracy_and_keep_batch_1_latency():
+    """The 7B table sweeps run accuracy in batches of 8 (own run dirs) and time latency alone."""
+    for name in ("core_table", "all_table"):
+        cfg = compose_resolved("config", [f"+experiment={name}", "method=fastv", "budget=64"])
+        assert cfg.batch_size == 8 and cfg.latency_samples > 0, name
+        assert str(cfg.hydra.sweep.subdir).endswith("fastv-64-b8"), cfg.hydra.sweep.subdir
+    assert compose_resolved("config", ["method=fastv", "budget=64"]).hydra.run.dir.endswith("fastv-64")
