@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{f', limit {args.limit}' if args.limit else ''})", "",
         f"`python -m harness.batch_check --batch-size {args.batch_size}"
         f"{f' --limit {args.limit}' if args.limit else ''}`: every sample's record compared field by field "
-        "(timings aside).", "",
+        "(timings aside). Samples/s: wall time of `generate` in this sweep, an equivalence check, not a timing "
+        "benchmark (docs/bench/throughput.md is measured alone).", "",
         f"| method | samples | failed | records that differ | samples/s batch 1 | samples/s batch {args.batch_size} |",
         "|---|---|---|---|---|---|", *rows, "",
     ])
