@@ -26,12 +26,13 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
 
 
 def _vision_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA for the vision tower, plus the CLS row's attention and the keys at the feature layer."""
+    """SDPA for the vision tower, plus the CLS row's attention and the keys at the feature layer, for every crop
+    of the tower's batch (one crop on LLaVA-1.5; the base view and every tile on LLaVA-NeXT)."""
     engine = getattr(module, "_prunebench_engine", None)
     if engine is not None and getattr(module, "_prunebench_feature_layer", False):
         t0 = engine._clock()
-        cls_logits = (query[0, :, :1].float() @ key[0].float().transpose(-1, -2)) * kwargs["scaling"]  # [Hv, 1, V+1]
-        engine.vision_capture = (cls_logits.softmax(-1)[:, 0], key[0])  # [Hv, V+1], [Hv, V+1, dh]
+        cls_logits = (query[:, :, :1].float() @ key.float().transpose(-1, -2)) * kwargs["scaling"]  # [C, Hv, 1, V+1]
+        engine.vision_capture = (cls_logits.softmax(-1)[:, :, 0], key)  # [C, Hv, V+1], [C, Hv, V+1, dh]
         engine.capture_s = engine._clock() - t0  # scoring work inside the tower pass
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 

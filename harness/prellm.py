@@ -5,7 +5,9 @@ LLaVA-1.5's 576 patches, LLaVA-NeXT's packed anyres block; capturing the CLS att
 feature layer when the method reads them), hands the method a `PreLLMContext` with this sample's budget
 (LLaVA-1.5: `budget`; a family whose image-token count varies: the same fraction budget/576 of this
 sample's block, as in-LLM methods), splices the kept + merged features into the prompt's embeddings in
-place of the image block, and generates from `inputs_embeds`. Every layer then sees the reduced block
+place of the image block, and generates from `inputs_embeds`. A method whose official port reduces each
+tower crop on its own (VisionZip on LLaVA-NeXT) gets one `PreLLMContext` per crop instead, at the fraction
+budget/576 of that crop's patches, and the family lays the crops out (`reduce_crops`). Every layer then sees the reduced block
 (`vision_per_layer` is the sample's budget at every layer); positions are 0..N'-1 over the reduced prompt
 (1-D RoPE), and decode continues from N'.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from harness import layout
-from harness.methods.base import PreLLMContext
+from harness.families import REFERENCE_TOKENS, reduces_crops, scaled_budget
+from harness.methods.base import PreLLMContext, Selection
 from harness.state import PrefillState
 
 
@@ -60,6 +63,46 @@ def sample_inputs(inputs: dict, row: int, pad: int) -> dict:
     return out
 
 
+def reduce_crops(engine, inputs: dict, instruction: str | None,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """One sample's image reduced crop by crop (`ModelFamily.reduce_crops`; VisionZip on LLaVA-NeXT).
+
+    Every crop gets the method at that crop's budget, the same fraction budget/576 of its P patches (the budget
+    itself on LLaVA-v1.6's 576-patch crops: 128 -> 5 x 128 = 640 for a 2x2 grid), its own CLS attention and keys.
+
+    Returns:
+        (image block `[n, d]`, kept patches `[k]` as `crop * P + patch`, merged count, seconds of tower + projector).
+    """
+    method = engine.method
+    engine.vision_capture, engine.capture_s = None, 0.0
+    reduce_s = 0.0
+
+    def reduce_crop(crop: int, features: torch.Tensor) -> Selection:  # features: [P, d]
+        nonlocal reduce_s
+        t = engine._clock()
+        patches = features.shape[0]
+        if scaled_budget(method.budget, patches) == 0:
+            least = next(b for b in range(1, REFERENCE_TOKENS + 1) if scaled_budget(b, patches) > 0)
+            raise ValueError(f"{method.name}: budget={method.budget} keeps none of the {patches} patches of each "
+                             f"crop (allowed: {least}..{REFERENCE_TOKENS})")
+        crop_method = engine._schedule_for(patches)[0]  # budget/576 of this crop's patches
+        budget = crop_method.schedule(engine.num_layers, patches).budget
+        cls_attn, keys = engine.vision_capture  # [C, Hv, P+1], [C, Hv, P+1, dh]: every crop's own pass
+        generator = torch.Generator().manual_seed(seed * 1000 + crop)
+        sel = crop_method.reduce(PreLLMContext(features, cls_attn[crop], keys[crop], generator, budget,
+                                               None, instruction))
+        n_merged = 0 if sel.merged is None else sel.merged.shape[0]
+        if sel.keep.numel() + n_merged != budget:
+            raise RuntimeError(f"{method.name} returned {sel.keep.numel()} kept + {n_merged} merged tokens for "
+                               f"crop {crop}, expected {budget}")
+        reduce_s += engine._clock() - t
+        return sel
+
+    t_tower = engine._clock()
+    image, kept, n_merged = engine.family.reduce_crops(engine.model, inputs, reduce_crop)
+    return image, kept, n_merged, engine._clock() - t_tower - reduce_s - engine.capture_s
+
+
 def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> tuple[torch.Tensor, PrefillState]:
     """One sample (batch 1): its prompt embeddings with the image block reduced, `[1, N', d]`, and its state
     (image span, kept indices into the sample's image block, tokens per layer)."""
@@ -73,6 +116,10 @@ def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> t
     n_merged = 0
     if end > start and budget == 0:  # no image token survives (blind): skip the vision tower
         embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
+    elif end > start and reduces_crops(engine.family, engine.method):
+        image, kept_image, n_merged, tower_s = reduce_crops(engine, inputs, instruction, seed)
+        t0 += tower_s  # the tower and projector are not scoring
+        embeds = torch.cat([embeds[:, :start], image[None].to(embeds.dtype), embeds[:, end:]], dim=1)
     elif end > start:
         engine.vision_capture, engine.capture_s = None, 0.0
         t_tower = engine._clock()
@@ -81,7 +128,8 @@ def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> t
         t0 += engine._clock() - t_tower - engine.capture_s  # the tower and projector are not scoring
         if features.shape[0] != end - start:
             raise RuntimeError(f"the vision tower gave {features.shape[0]} features for {end - start} image tokens")
-        cls_attn, keys = engine.vision_capture or (None, None)
+        cls_attn, keys = engine.vision_capture or (None, None)  # [1, Hv, V+1], [1, Hv, V+1, dh]: one crop
+        cls_attn, keys = (None, None) if cls_attn is None else (cls_attn[0], keys[0])
         generator = torch.Generator().manual_seed(seed * 1000)
         ctx = PreLLMContext(features, cls_attn, keys, generator, budget, vision_hidden, instruction)
         sel = st.method.reduce(ctx)

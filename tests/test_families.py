@@ -193,20 +193,20 @@ def test_qwen_image_sizes_get_their_own_schedules():
 
 
 PRE_LLM_ON_NEXT = {"divprune": {}, "random": {"stage": "prellm"}, "blind": {}}  # need only the packed features
-NOT_ON_NEXT = {"visionzip": "the CLS attention of one vision-tower pass over the image block",
-               "cdpruner": "vision patch states aligned with the image block",
+CROPS_ON_NEXT = {"visionzip"}  # each crop reduced on its own, as its official LLaVA-NeXT code (test_visionzip_next.py)
+NOT_ON_NEXT = {"cdpruner": "vision patch states aligned with the image block",
                "pool": "the image block as one square patch grid"}
 
 
 @pytest.mark.parametrize("name", PRE_LLM)
 def test_pre_llm_methods_that_cannot_run_fail_with_one_clear_line(family, name):
     fam, model, _, cfg = family
-    if fam == "llava_next" and name in PRE_LLM_ON_NEXT:
+    if fam == "llava_next" and (name in PRE_LLM_ON_NEXT or name in CROPS_ON_NEXT):
         assert PruningEngine(model, method_for(name, 64, cfg)).pre_llm
         return
     if fam == "llava_next":
         message = (f"{name} needs {NOT_ON_NEXT[name]}, which model family llava_next does not give pre-LLM "
-                   "methods (it gives: features)")
+                   "methods (it gives: crops, features)")
         with pytest.raises(ValueError, match=f"^{message}$".replace("(", r"\(").replace(")", r"\)")):
             PruningEngine(model, method_for(name, 64, cfg))
     else:

@@ -12,10 +12,14 @@ image tokens.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from harness.methods.base import Selection
 
 REFERENCE_TOKENS = 576  # LLaVA-1.5's image tokens: budgets are fractions of this on other families
 
@@ -29,7 +33,8 @@ class ModelFamily(Protocol):
     vision_cls: bool  # the vision tower has a CLS token whose attention pre-LLM methods may read
     # What pre-LLM methods get on this family (empty: they do not run here): "features" (the sample's projected
     # image block), "vision_attention" (CLS attention + keys of one tower pass over that block), "vision_hidden"
-    # (the feature layer's patch states aligned with the block), "square_grid" (the block is one square grid).
+    # (the feature layer's patch states aligned with the block), "square_grid" (the block is one square grid),
+    # "crops" (the tower's crops one by one, for methods whose official port for the family reduces each crop).
     pre_llm: frozenset
 
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -47,6 +52,17 @@ class ModelFamily(Protocol):
     def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
         """One sample's projected image block `[V, d]`, as it would fill the prompt, and the feature layer's
         patch states `[V, dv]` aligned with it when `vision_hidden` (else None)."""
+        ...
+
+    def reduce_crops(self, model: nn.Module, inputs: dict,
+                     reduce_crop: Callable[[int, torch.Tensor], Selection]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Only where `pre_llm` offers "crops": one sample's image reduced crop by crop.
+
+        Runs the vision tower over the sample's crops (one pass, each crop on its own), calls
+        `reduce_crop(crop, features [P, d])` for every crop and lays the kept and merged tokens out as the
+        method's official port for this family does. Returns (the reduced image block `[n, d]`, the kept patches
+        `[k]` in block order as `crop * P + patch`, the number of merged tokens).
+        """
         ...
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
@@ -109,6 +125,12 @@ PRE_LLM_NEEDS = {  # a pre-LLM method's `needs_<x>` -> what the family must offe
 }
 
 
+def reduces_crops(family: ModelFamily, method) -> bool:
+    """Whether the method reduces this family's image crop by crop (`ModelFamily.reduce_crops`): the method says
+    its official port for a multi-crop tower does so (`per_crop`), and the family offers "crops"."""
+    return bool(getattr(method, "per_crop", False)) and "crops" in family.pre_llm
+
+
 def check_family(family: ModelFamily, method) -> None:
     """One clear error for a method that cannot run on this model's family."""
     name = family.name
@@ -122,8 +144,11 @@ def check_family(family: ModelFamily, method) -> None:
             f"only on llava and llava_next (model family {name} is not supported for pre-LLM methods)"
         )
     if pre_llm:
+        offered = set(family.pre_llm)
+        if reduces_crops(family, method):  # each crop's own tower pass gives the CLS attention the method reads
+            offered.add("vision_attention")
         for need, what in PRE_LLM_NEEDS.items():
-            if getattr(method, f"needs_{need}", False) and need not in family.pre_llm:
+            if getattr(method, f"needs_{need}", False) and need not in offered:
                 raise ValueError(
                     f"{method.name} needs {what}, which model family {name} does not give pre-LLM methods "
                     f"(it gives: {', '.join(sorted(family.pre_llm))})"

@@ -140,6 +140,8 @@ class PreLLMMethod(Protocol):
     budget: int
     pre_llm: bool  # True
     needs_vision_attention: bool  # CLS-row attention + keys of the vision feature layer
+    # Optional `per_crop = True`: on a tower run in several crops (LLaVA-NeXT anyres), `reduce` is called once per
+    # crop (its own features, CLS attention, keys and budget) and the family lays the crops out (`reduce_crops`).
 
     def schedule(self, num_layers: int, num_image_tokens: int) -> Schedule:
         """Validate the budget; a pre-LLM method has no in-LLM stages (`Schedule([], budget)`)."""

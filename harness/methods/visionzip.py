@@ -18,6 +18,18 @@ Split: `n_dominant = floor(B * 27/32 + 1/2)`, `n_contextual = B - n_dominant` (1
 128 -> 108 + 20, 64 -> 54 + 10, the official settings; 27/32 = 54/64). B = 576 keeps every patch in
 original order (nothing is pruned), which equals vanilla.
 
+LLaVA-NeXT (anyres): as the official code (`visionzip/llava_arch.py`, `prepare_inputs_labels_for_multimodal_visionzip`,
+`restore_image_features_sorted`; `visionzip/clip_encoder.py`, `CLIPVisionTower_VisionZip.forward` over the batch
+of crops), every crop (the base view and each tile) is reduced on its own with the same dominant + contextual
+split, from the CLS attention and keys of its own tower pass; the family lays the crops out
+(`harness/families/llava_next.py`, `reduce_crops`: base view first, then the tiles' dominant patches in raster
+order of the stitched grid, then the tiles' contextual tokens), with no unpadding and no row separators. The
+official port takes one (dominant, contextual) pair per crop, and the paper's LLaVA-NeXT budgets 640/320/160 are
+128/64/32 per crop x 5 crops (a 2x2 grid). Here a crop of P patches gets the same fraction budget/576 of them,
+round(B * P / 576): B itself on LLaVA-v1.6's 576-patch crops, so `budget=128,64,32` give 640/320/160 on a 2x2
+grid (108 + 20, 54 + 10, 27 + 5 per crop) and 3 x B on a 1x2 grid. The realized fraction of the packed block
+HF would build (unpadded tiles + row separators, e.g. 2,928 tokens for 2x2) is then a little below B/576.
+
 Differences from the official code (it works on the vision hidden states before the projector):
 - Official contextual token = `h_target + mean(h_assigned)` (the target plus the plain mean of the patches
   assigned to it, not a mean over the group), then projected. The engine hands this method only the
@@ -60,6 +72,7 @@ class VisionZip:
     name = "visionzip"
     pre_llm = True
     needs_vision_attention = True
+    per_crop = True  # on a multi-crop tower (LLaVA-NeXT anyres), each crop is reduced on its own (official port)
 
     def __init__(self, budget: int, dominant_share: float = DOMINANT_SHARE):
         self.budget = budget
