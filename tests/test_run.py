@@ -105,6 +105,29 @@ def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):
     assert all(by_key[(r["task"], r["doc_id"])] == r["response"] for r in ref_records)
 
 
+def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_path):
+    """A batched run killed mid-way and rerun: every record equals the uninterrupted batch-1 run's."""
+    from harness.batch_check import compare_runs
+
+    run_dir = tmp_path / "batched"
+    args = [*FIXTURE_RUN, "batch_size=2", "warmup=0", "latency_samples=0", f"hydra.run.dir={run_dir}"]
+    proc = run_cli(args, cache, wait=False)
+    samples = run_dir / "samples.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and len(samples.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 6 <= len(samples.read_text().splitlines()) < N_SAMPLES
+    again = run_cli(args, cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = compare_runs(full_run, run_dir)
+    assert report["n"] == N_SAMPLES and report["differences"] == [], report["differences"][:5]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
