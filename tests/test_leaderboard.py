@@ -1,5 +1,6 @@
-"""harness.leaderboard on a hand-made runs folder with known numbers, the paired bootstrap against
-an independent loop, and (slow part, one subprocess) a two-job multirun through the submitit local launcher."""
+"""harness.leaderboard on a hand-made runs folder with known numbers (the paired bootstrap against an
+independent loop: tests/test_leaderboard_bootstrap.py), and (slow part, one subprocess) a two-job multirun
+through the submitit local launcher."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from harness import leaderboard as lb
@@ -196,127 +196,6 @@ def test_empty_dir_is_an_error(tmp_path, capsys):
     assert code == 2 and "no results.json" in err
 
 
-# ---------------------------------------------------------------- paired bootstrap
-
-def scored(kind: str, correct: list[bool], **extra) -> dict:
-    bench = lb.Benchmark("x", ("t",), "m", kind)
-    units = {}
-    for i, ok in enumerate(correct):
-        unit = {"correct": ok}
-        if kind == "mme":
-            unit.update(image=f"img{i // 2}", category=("existence", "color")[(i // 2) % 2])
-        units[("t", i)] = unit
-    return bench, units
-
-
-@pytest.mark.parametrize("kind", ["accuracy", "mme"])
-def test_bootstrap_known_answers(kind):
-    boot = lb.PairedBootstrap(1000, seed=0)
-    bench, right = scored(kind, [True] * 20)
-    _, same = scored(kind, [True] * 20)
-    assert boot.difference(bench, right, same) == (0.0, 0.0, 0.0)  # identical runs
-    _, wrong = scored(kind, [False] * 20)
-    expected = -100.0 if kind == "accuracy" else -400.0  # MME: two categories x (acc + acc+)
-    diff, low, high = boot.difference(bench, wrong, right)
-    assert diff == low == high == pytest.approx(expected)  # wrong wherever vanilla is right: one negative value
-
-
-def test_bootstrap_matches_an_independent_loop():
-    """Seeded resamples scored with the tasks' own aggregation functions, one resample at a time."""
-    utils = lb.task_module("utils")
-    rng = np.random.default_rng(1)
-    B, seed = 200, 7
-    answers = {"yes": "no", "no": "yes"}
-
-    # POPE: two splits; method misses one sample (pairing keeps the common ones)
-    records = {"m": {}, "v": {}}
-    for split in ("pope_adversarial", "pope_random"):
-        for doc_id in range(15):
-            label = "yes" if doc_id % 2 else "no"
-            for run, p_right in (("m", 0.6), ("v", 0.85)):
-                pred = label if rng.random() < p_right else answers[label]
-                records[run][(split, doc_id)] = {"task": split, "doc_id": doc_id, "target": label, "response": pred}
-    del records["m"][("pope_random", 3)]
-    # MME: 6 images in 2 categories, 2 questions each
-    mme_meta = {i: {"question_id": f"{('existence', 'color')[i % 2]}/{i // 4}.jpg", "category": ("existence", "color")[i % 2]}
-                for i in range(12)}
-    mme_records = {run: {("mme", i): {"task": "mme", "doc_id": i, "target": ("Yes", "No")[i % 2],
-                                     "response": ("Yes", "No")[(i + (rng.random() < p)) % 2]}
-                         for i in range(12)} for run, p in (("m", 0.4), ("v", 0.1))}
-
-    def lib_scores(bench, recs, meta=None):
-        return {k: lb.score_sample(bench, r, (meta or {}).get(k[1])) for k, r in recs.items()}
-
-    pope, mme = BENCH["POPE F1"], BENCH["MME P+C"]
-    boot = lb.PairedBootstrap(B, seed)
-    got_pope = boot.difference(pope, lib_scores(pope, records["m"]), lib_scores(pope, records["v"]))
-    got_mme = boot.difference(mme, lib_scores(mme, mme_records["m"], mme_meta), lib_scores(mme, mme_records["v"], mme_meta))
-
-    # independent: lmms-eval records from process_results, aggregated by the task's functions per resample
-    def raw(recs, key, meta=None):
-        r = recs[key]
-        doc = {"answer": r["target"], "question_id": str(r["doc_id"]), **(meta or {})}
-        process = utils.pope_process_results if key[0] != "mme" else utils.mme_process_results
-        return process(doc, [r["response"]])
-
-    keys = sorted(set(records["m"]) & set(records["v"]))
-    splits = [[k for k in keys if k[0] == s] for s in ("pope_adversarial", "pope_random")]
-    diffs = []
-    for b, draws in enumerate(_per_replicate([len(s) for s in splits], B, seed)):
-        f1 = {run: np.mean([utils.pope_aggregate_f1([raw(records[run], split[i])["pope_f1"] for i in idx])
-                            for split, idx in zip(splits, draws)]) for run in ("m", "v")}
-        diffs.append(f1["m"] - f1["v"])
-    expected = np.percentile(diffs, [2.5, 97.5])
-    full = {run: np.mean([utils.pope_aggregate_f1([raw(records[run], k)["pope_f1"] for k in split]) for split in splits])
-            for run in ("m", "v")}
-    assert got_pope[0] == pytest.approx(full["m"] - full["v"])
-    assert got_pope[1:] == pytest.approx(tuple(expected))
-
-    # MME strata: per category (sorted), units = images (sorted); a drawn image keeps both questions
-    images = {c: sorted({m["question_id"] for m in mme_meta.values() if m["category"] == c}) for c in ("color", "existence")}
-    strata = [images["color"], images["existence"]]
-    diffs = []
-    for draws in _per_replicate([len(s) for s in strata], B, seed):
-        total = {}
-        for run in ("m", "v"):
-            resampled = []
-            for stratum, idx in zip(strata, draws):
-                for j, i in enumerate(idx):  # a drawn image twice counts as two images: relabel it
-                    for doc_id, m in mme_meta.items():
-                        if m["question_id"] == stratum[i]:
-                            rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], image=f"{stratum[i]}#{j}")
-                            resampled.append(rec)
-            total[run] = utils.mme_aggregate_total(resampled)
-        diffs.append(total["m"] - total["v"])
-    assert got_mme[1:] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
-
-
-def test_stored_score_fields_are_read_not_rederived():
-    gqa = BENCH["GQA"]
-    record = {"task": "gqa", "doc_id": 0, "target": "red", "response": "The red."}
-    assert lb.score_sample(gqa, record) == {"correct": False, "score": 0.0}  # re-scored: LLaVA's rule
-    stored = {**record, "scores": {"pred": "the red", "score": 1.0}}
-    assert lb.score_sample(gqa, stored) == {"correct": True, "score": 1.0}  # what the run wrote is what counts
-    vqa = {**record, "task": "textvqa_val", "scores": {"pred": "red", "score": 2 / 3}}
-    assert lb.score_sample(BENCH["TextVQA"], vqa) == {"correct": False, "score": pytest.approx(2 / 3)}
-
-
-def test_circular_bootstrap_groups_rotations():
-    bench = BENCH["MMB"]
-    # 3 questions x 2 rotations; run a misses one rotation of question 1, run b gets everything right
-    def units(wrong):
-        return {("mmbench_en_dev", i): lb.score_unit(bench, {"score": float(i not in wrong), "group": i // 2})
-                for i in range(6)}
-
-    boot = lb.PairedBootstrap(500, seed=0)
-    a, b = units({3}), units(set())
-    strata = lb.layout(bench, a, set(a))
-    assert [len(unit) for unit in strata[0].units] == [2, 2, 2]
-    diff, low, high = boot.difference(bench, a, b)
-    assert diff == pytest.approx(-100 / 3)  # circular: 2 of 3 questions vs 3 of 3
-    assert -100.0 <= low <= diff <= high <= 0.0
-
-
 def test_vanilla_beside_the_published_numbers(tmp_path, capsys):
     def write(method, gqa, textvqa, mme_p):
         run = tmp_path / method
@@ -337,24 +216,6 @@ def test_vanilla_beside_the_published_numbers(tmp_path, capsys):
     assert "Avg: mean over the benchmarks present (GQA, MME P+C, TextVQA)" in out
     warnings = [line for line in err.splitlines() if "differs from the published" in line]
     assert len(warnings) == 1 and "vanilla TextVQA 48.0" in warnings[0]  # only the gap over 1.5 points
-
-
-def _per_replicate(sizes, B, seed):
-    """lb.resample_indices' draws, one replicate at a time."""
-    for chunk in lb.resample_indices(sizes, B, seed):
-        for row in range(chunk[0].shape[0]):
-            yield [idx[row] for idx in chunk]
-
-
-def test_bootstrap_1000_is_fast():
-    import time
-
-    bench, a = scored("accuracy", list(np.random.default_rng(0).random(5000) < 0.7))
-    _, b = scored("accuracy", list(np.random.default_rng(1).random(5000) < 0.8))
-    start = time.perf_counter()
-    diff, low, high = lb.PairedBootstrap(1000, 0).difference(bench, a, b)
-    assert time.perf_counter() - start < 10
-    assert low < diff < high < 0
 
 
 def test_every_benchmark_task_has_a_yaml_and_a_scorer():
