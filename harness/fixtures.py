@@ -23,7 +23,11 @@ the hub (no network here). The newer benchmarks' columns are those lmms-eval 0.7
 and LLaVA's scripts read, with the hub's feature types. Images are deterministic 336x336 drawings.
 """
 
+import fcntl
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
@@ -331,8 +335,28 @@ def to_dataset(rows: list[dict], features: Features) -> Dataset:
     return Dataset.from_list([{name: row[name] for name in features} for row in rows], features=features)
 
 
+def _complete(out: Path, done: Path) -> bool:
+    return done.exists() and all((out / name).is_dir() for name in FIXTURES)
+
+
+def _write_all(out: Path) -> None:
+    """Every fixture dataset under `out` (a fresh directory)."""
+    questions, images = gqa_rows()
+    DatasetDict({"testdev": to_dataset(questions, GQA_INSTRUCTION_FEATURES)}).save_to_disk(out / "gqa")
+    DatasetDict({"testdev": to_dataset(images, GQA_IMAGE_FEATURES)}).save_to_disk(out / "gqa" / GQA_IMAGES_DIR)
+    DatasetDict({"test": to_dataset(mme_rows(), MME_FEATURES)}).save_to_disk(out / "mme")
+    DatasetDict({s: to_dataset(pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}).save_to_disk(out / "pope")
+    for lang in MMBENCH_QUESTIONS:
+        DatasetDict({"dev": to_dataset(mmbench_rows(lang), MMBENCH_FEATURES)}).save_to_disk(out / f"mmbench_{lang}")
+    DatasetDict({"test": to_dataset(scienceqa_rows(), SCIENCEQA_FEATURES)}).save_to_disk(out / "scienceqa")
+    DatasetDict({"validation": to_dataset(textvqa_rows(), TEXTVQA_FEATURES)}).save_to_disk(out / "textvqa")
+    DatasetDict({s: to_dataset(vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}).save_to_disk(
+        out / "vqav2")
+    DatasetDict({"test": to_dataset(seedbench_rows(), SEEDBENCH_FEATURES)}).save_to_disk(out / "seedbench")
+
+
 def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
-    """Write the three fixture datasets.
+    """Write every fixture dataset (once; safe for parallel jobs sharing `out_dir`).
 
     Args:
         out_dir: Directory to write into (created if missing).
@@ -343,21 +367,26 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
     """
     out = Path(out_dir)
     done = out / "fixtures-2.done"  # the number changes when the fixtures do
-    complete = done.exists() and all((out / name).is_dir() for name in FIXTURES)
-    if not complete:  # written once; a crash midway (or a removed dataset) leaves it incomplete: rewritten
-        questions, images = gqa_rows()
-        DatasetDict({"testdev": to_dataset(questions, GQA_INSTRUCTION_FEATURES)}).save_to_disk(out / "gqa")
-        DatasetDict({"testdev": to_dataset(images, GQA_IMAGE_FEATURES)}).save_to_disk(out / "gqa" / GQA_IMAGES_DIR)
-        DatasetDict({"test": to_dataset(mme_rows(), MME_FEATURES)}).save_to_disk(out / "mme")
-        DatasetDict({s: to_dataset(pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}).save_to_disk(out / "pope")
-        for lang in MMBENCH_QUESTIONS:
-            DatasetDict({"dev": to_dataset(mmbench_rows(lang), MMBENCH_FEATURES)}).save_to_disk(out / f"mmbench_{lang}")
-        DatasetDict({"test": to_dataset(scienceqa_rows(), SCIENCEQA_FEATURES)}).save_to_disk(out / "scienceqa")
-        DatasetDict({"validation": to_dataset(textvqa_rows(), TEXTVQA_FEATURES)}).save_to_disk(out / "textvqa")
-        DatasetDict({s: to_dataset(vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}).save_to_disk(
-            out / "vqav2")
-        DatasetDict({"test": to_dataset(seedbench_rows(), SEEDBENCH_FEATURES)}).save_to_disk(out / "seedbench")
-        done.write_text("ok\n")
+    if _complete(out, done):
+        return {name: out / name for name in FIXTURES}
+    out.mkdir(parents=True, exist_ok=True)
+    # One writer at a time (parallel jobs share the cache), and never in place: each dataset is written to a
+    # temporary dir and renamed into `out`, so a file another process has memory-mapped is never truncated
+    # (that is a SIGBUS there) and a crash midway leaves no half dataset.
+    with open(out / ".fixtures.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _complete(out, done):  # another process may have finished while this one waited
+            tmp = Path(tempfile.mkdtemp(prefix=".fixtures-", dir=out))
+            try:
+                _write_all(tmp)
+                done.unlink(missing_ok=True)
+                for name in FIXTURES:
+                    if (out / name).exists():
+                        os.replace(out / name, tmp / f"old-{name}")  # unlinked with tmp: open maps stay valid
+                    os.replace(tmp / name, out / name)
+                done.write_text("ok\n")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return {name: out / name for name in FIXTURES}
 
 

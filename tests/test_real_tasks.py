@@ -1,13 +1,21 @@
 """GQA / MME / POPE tasks on fixture data: loading through lmms-eval, prompts, and metrics checked by hand."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from task_score import score
 
 from harness.fixtures import COLORS, write_fixtures
-from harness.tasks import TASKS_DIR, is_local, load_tasks, location_for, task_manager, task_specs
+from harness.tasks import (
+    TASKS_DIR,
+    is_local,
+    load_tasks,
+    location_for,
+    task_manager,
+    task_specs,
+)
 
 # tasks/utils.py is not a package; load it by path, as lmms-eval does.
 _spec = importlib.util.spec_from_file_location("task_utils", TASKS_DIR / "utils.py")
@@ -180,3 +188,34 @@ def test_simple_evaluate_with_scripted_model(data, manager):
     assert results["pope_random"]["pope_f1,none"] == pytest.approx(100.0)
     assert results["pope"]["pope_f1,none"] == pytest.approx((2 * f1_wrong + 100) / 3)
     assert results["pope"]["pope_yes_ratio,none"] == pytest.approx((2 * 400 / 6 + 50) / 3)
+
+
+def test_fixtures_are_written_aside_and_renamed_in_once_for_parallel_jobs(tmp_path, monkeypatch):
+    """Parallel jobs share the cache: a dataset is never written where another process may have it mapped."""
+    import subprocess
+    import sys
+
+    from datasets import DatasetDict
+
+    import harness.fixtures as fixtures
+
+    targets = []
+    save = DatasetDict.save_to_disk
+    monkeypatch.setattr(DatasetDict, "save_to_disk", lambda self, path, **kw: (targets.append(Path(path)), save(self, path, **kw)))
+    out = tmp_path / "fixtures"
+    data = fixtures.write_fixtures(out)
+    assert targets and all(t.parent.name.startswith(".fixtures-") or t.parent.parent.name.startswith(".fixtures-")
+                           for t in targets), targets
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".fixtures-")) == []  # the temporary dir is gone
+    before = {p: p.stat().st_ino for p in (data["mme"] / "test").glob("*.arrow")}
+    targets.clear()
+    assert fixtures.write_fixtures(out) == data and targets == []  # complete: nothing written again
+    assert {p: p.stat().st_ino for p in (data["mme"] / "test").glob("*.arrow")} == before
+
+    fresh = tmp_path / "parallel"  # two processes at once on a fresh dir: both finish, one set of datasets
+    procs = [subprocess.Popen([sys.executable, "-m", "harness.fixtures", str(fresh)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    from datasets import load_from_disk
+
+    assert len(load_from_disk(str(fresh / "mme"))["test"]) == len(load_from_disk(str(data["mme"]))["test"])
