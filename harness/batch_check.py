@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="samples per task (default: all)")
     parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--tasks", default=None, help="comma-separated task names of the suite (default: all)")
     parser.add_argument("--sweep-dir", default="runs/batch_check")
     parser.add_argument("--out", default="docs/bench/batch_equivalence")
     args = parser.parse_args(argv)
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                "model.text_encoder=tiny", f"hydra.sweep.dir={sweep}"]
     if args.limit:
         command.append(f"limit={args.limit}")
+    if args.tasks:
+        command.append(f"tasks.names=[{args.tasks}]")
     print(" ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=ROOT, env=os.environ, check=True)
     runs = sweep / "tiny_llava_shapes" / "shapes"
