@@ -147,7 +147,7 @@ def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> t
         embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
     n_image = kept_image.numel() + n_merged
     st.image_span = (start, start + n_image)
-    st.kept_image, st.n_merged, st.pruned = kept_image, n_merged, end > start
+    st.kept_image, st.n_merged = kept_image, n_merged
     st.vision_per_layer = [n_image] * engine.num_layers
     st.tokens_per_layer = [embeds.shape[1]] * engine.num_layers
     if engine.record_kept:

@@ -64,7 +64,6 @@ def apply_stage(st, stage_index: int, stage: Stage, hidden: torch.Tensor, layer_
     st.kept_image = st.kept_image[keep_orig]
     st.n_merged = int(keep.numel() - keep_orig.numel()) + n_merged
     st.image_span = (start, start + keep.numel() + n_merged)
-    st.pruned = True
     if record_kept:
         st.kept[layer_idx] = st.kept_image.tolist()
     return new_hidden

@@ -28,7 +28,6 @@ class PrefillState:
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
     stage_rope: dict[int, tuple] = field(default_factory=dict)  # stage layer -> (cos, sin) [N, hd] it applied
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H_kv, N, D] (methods with needs_keys)
-    pruned: bool = False
     vision_per_layer: list[int] = field(default_factory=list)
     tokens_per_layer: list[int] = field(default_factory=list)
     layer_positions: list[torch.Tensor] = field(default_factory=list)  # per layer: original positions it saw
