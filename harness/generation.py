@@ -1,12 +1,13 @@
-"""Generation helpers that need only torch and transformers: per-row stop strings and per-sample seeds.
+"""Generation helpers that need only torch and transformers: inputs, grouping, per-row stops, answers, seeds.
 
 The lmms-eval model (harness/lmms_model.py) and the benchmarks that drive the engine directly
-(harness/throughput.py) stop, cut and seed samples the same way with these.
+(harness/throughput.py) build inputs, group, stop, cut and seed samples the same way with these.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from transformers import StoppingCriteria
@@ -51,3 +52,50 @@ def cut_at(text: str, until: list[str]) -> str:
 def sample_seed(seed: int, task: str, doc_id: int) -> int:
     """A stable per-sample seed (the same on every machine and rerun)."""
     return (seed * 1_000_003 + zlib.crc32(f"{task}/{doc_id}".encode())) % (2**31)
+
+
+def model_inputs(processor, texts: list[str], images: list, device, dtype: torch.dtype) -> dict:
+    """Processor inputs on `device`: one row as is (no mask: batch 1), several rows left-padded with their mask.
+
+    `images`: one per row, all images or all None (text-only rows go through the tokenizer alone).
+    """
+    batched = len(texts) > 1
+    if batched:
+        processor.tokenizer.padding_side = "left"
+    if images[0] is not None:
+        inputs = processor(images=images, text=texts, return_tensors="pt", padding=batched)
+    else:
+        inputs = processor.tokenizer(texts, return_tensors="pt", padding=batched)
+    if not batched:
+        inputs.pop("attention_mask", None)  # batch 1: no padding
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return inputs
+
+
+def row_stops(model, tokenizer, until: list[str]) -> StopOnStrings:
+    """A batch's stopping criterion: each row at its stop strings or the model's EOS ids."""
+    eos = model.generation_config.eos_token_id
+    return StopOnStrings(tokenizer, until, eos if isinstance(eos, list) else [eos])
+
+
+def row_answers(tokenizer, new: torch.Tensor, stop: StopOnStrings, until: list[str]) -> list[tuple[str, int]]:
+    """(answer text cut at the stop strings, new-token count) of each row of `new` `[B, T]`."""
+    out = []
+    for b in range(new.shape[0]):
+        n_new = (stop.stopped_at[b] if stop.stopped_at else None) or new.shape[1]  # where this row's answer ends
+        out.append((cut_at(tokenizer.decode(new[b, :n_new], skip_special_tokens=True), until), n_new))
+    return out
+
+
+def consecutive_groups(items: Iterable, size: int, key: Callable) -> Iterator[list]:
+    """Consecutive items with the same `key`, up to `size` each (how batched runs group their requests)."""
+    group: list = []
+    for item in items:
+        if group and (len(group) == size or key(item) != key(group[0])):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group

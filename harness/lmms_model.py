@@ -18,7 +18,15 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from harness.engine import PruningEngine
 from harness.flops import text_prefill_flops
-from harness.generation import StopOnStrings, cut_at, sample_seed
+from harness.generation import (
+    StopOnStrings,
+    consecutive_groups,
+    cut_at,
+    model_inputs,
+    row_answers,
+    row_stops,
+    sample_seed,
+)
 from harness.results import SampleLog
 from harness.scoring import scorer_for
 from harness.timing import Clock, FirstLogits
@@ -83,42 +91,39 @@ class PrunedLlava(lmms):
         for request in todo[:alone]:
             self.log.append(self.run_one(*request.args[:4], request.args[4], request.args[5]))
             bar.update(1)
-        for group in self._groups(todo[alone:]):
+        for group in consecutive_groups(todo[alone:], self.batch_size, _task_and_settings):
             for record in self.run_batch(group):
                 self.log.append(record)
                 bar.update(1)
         bar.close()
         return [self.log.get(r.args[4], r.args[3])["response"] for r in requests]
 
-    def _groups(self, requests):
-        """Consecutive requests of the same task and generation settings, up to `batch_size` each."""
-        group: list = []
-        for request in requests:
-            key = (request.args[4], repr(sorted(request.args[1].items())))
-            if group and (len(group) == self.batch_size or key != group[0][0]):
-                yield [r for _, r in group]
-                group = []
-            group.append((key, request))
-        if group:
-            yield [r for _, r in group]
-
     def run_one(self, context: str, gen_kwargs: dict, doc_to_visual, doc_id: int, task: str, split: str) -> dict:
         """Generate one answer; any failure is recorded in the sample's `error` and the run goes on."""
         record = {"task": task, "doc_id": doc_id, "target": None, "response": "", "error": None}
         try:
-            doc = self.task_dict[task][split][doc_id]  # decodes the image: may fail
-            record["target"] = _target(doc)
-            record.update({k: doc[k] for k in ("question_id", "category") if k in doc})  # MME pairs, categories
+            doc = self._open(record, split)
             record.update(self._generate(context, gen_kwargs, doc_to_visual(doc), task, doc_id))
-            record.update(self._engine_record(doc))
-            scorer = scorer_for(task)
-            if scorer is not None:  # the sample's score fields, as the task's aggregation will read them
-                record["scores"] = scorer.score(doc, record["response"])
+            self._finish(record, doc)
         except Exception as exc:  # a bad sample must not stop the run
             record["error"] = f"{type(exc).__name__}: {exc}"
         record["warmup"] = self.n_run < self.warmup
         self.n_run += 1
         return record
+
+    def _open(self, record: dict, split: str) -> dict:
+        """The record's doc (decoding its image: may fail); its target and MME pair / category fields go to the record."""
+        doc = self.task_dict[record["task"]][split][record["doc_id"]]
+        record["target"] = _target(doc)
+        record.update({k: doc[k] for k in ("question_id", "category") if k in doc})  # MME pairs, categories
+        return doc
+
+    def _finish(self, record: dict, doc: dict, st=None) -> None:
+        """What the engine did (`st`, default the last sample) and the sample's score fields, into the record."""
+        record.update(self._engine_record(doc, st))
+        scorer = scorer_for(record["task"])
+        if scorer is not None:  # the sample's score fields, as the task's aggregation will read them
+            record["scores"] = scorer.score(doc, record["response"])
 
     def _settings(self, gen_kwargs: dict) -> tuple[list[str], int]:
         """(stop strings, max new tokens) of a request."""
@@ -139,24 +144,11 @@ class PrunedLlava(lmms):
         placeholder = self.image_placeholder
         return self.prompt.replace(f"{placeholder}\n", "").replace(placeholder, "").format(question=context), None
 
-    def _inputs(self, texts: list[str], images: list) -> dict:
-        """Processor inputs on the model's device: one row as is, several rows left-padded with their mask."""
-        if images[0] is not None:
-            inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=len(texts) > 1)
-        else:
-            inputs = self.processor.tokenizer(texts, return_tensors="pt", padding=len(texts) > 1)
-        if len(texts) == 1:
-            inputs.pop("attention_mask", None)  # batch 1: no padding
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return inputs
-
     @torch.no_grad()
     def _generate(self, context: str, gen_kwargs: dict, visuals: list, task: str, doc_id: int) -> dict:
         until, max_new_tokens = self._settings(gen_kwargs)
         text, image = self._prompt(context, visuals)
-        inputs = self._inputs([text], [image])
+        inputs = model_inputs(self.processor, [text], [image], self.device, self.model.dtype)
         prompt_len = inputs["input_ids"].shape[1]
         self.engine.sample_seed = sample_seed(self.seed, task, doc_id)
         first = FirstLogits(self.clock)
@@ -192,9 +184,7 @@ class PrunedLlava(lmms):
             record = {"task": task, "doc_id": doc_id, "target": None, "response": "", "error": None, "warmup": False}
             records[(task, doc_id)] = record
             try:
-                doc = self.task_dict[task][split][doc_id]  # decodes the image: may fail
-                record["target"] = _target(doc)
-                record.update({k: doc[k] for k in ("question_id", "category") if k in doc})
+                doc = self._open(record, split)
                 rows.append((request, record, doc, *self._prompt(context, doc_to_visual(doc))))
             except Exception as exc:  # a bad sample must not stop the run
                 record["error"] = f"{type(exc).__name__}: {exc}"
@@ -208,11 +198,10 @@ class PrunedLlava(lmms):
         """One batch through the engine; if it fails, each sample alone (so only a bad sample fails)."""
         try:
             until, max_new_tokens = self._settings(rows[0][0].args[1])
-            self.processor.tokenizer.padding_side = "left"
-            inputs = self._inputs([row[3] for row in rows], [row[4] for row in rows])
+            inputs = model_inputs(self.processor, [row[3] for row in rows], [row[4] for row in rows], self.device,
+                                  self.model.dtype)
             seeds = [sample_seed(self.seed, r.args[4], r.args[3]) for r, *_ in rows]
-            eos = self.model.generation_config.eos_token_id
-            stop = StopOnStrings(self.processor.tokenizer, until, eos if isinstance(eos, list) else [eos])
+            stop = row_stops(self.model, self.processor.tokenizer, until)
             start = self.clock.mark()
             new, _ = self.engine.generate_batch(
                 inputs, seeds, [r.args[0] for r, *_ in rows], max_new_tokens=max_new_tokens, do_sample=False,
@@ -222,17 +211,13 @@ class PrunedLlava(lmms):
             batch = {"size": len(rows), "id": f"{os.getpid()}-{self.n_batches}", "ms": self.clock.ms(start, self.clock.mark())}
             self.n_batches += 1
             out = []
-            for b, (request, record, doc, _, _) in enumerate(rows):
-                n_new = stop.stopped_at[b] or new.shape[1]
+            answers = row_answers(self.processor.tokenizer, new, stop, until)
+            for b, ((_, record, doc, _, _), (text, n_new)) in enumerate(zip(rows, answers)):
                 st = self.engine.states[b]
-                text = self.processor.tokenizer.decode(new[b, :n_new], skip_special_tokens=True)
-                record.update(response=cut_at(text, until), prefill_ms=None, decode_ms=None, e2e_ms=None,
+                record.update(response=text, prefill_ms=None, decode_ms=None, e2e_ms=None,
                               n_new_tokens=n_new, prompt_len=st.prompt_len, kv_cache_bytes=self._kv_bytes(st, n_new),
                               batch=batch)
-                record.update(self._engine_record(doc, st))
-                scorer = scorer_for(record["task"])
-                if scorer is not None:
-                    record["scores"] = scorer.score(doc, record["response"])
+                self._finish(record, doc, st)
                 out.append(record)
             return out
         except Exception as exc:
@@ -271,6 +256,11 @@ class PrunedLlava(lmms):
                     str(layer): len(ev.intersection(kept)) / len(ev) for layer, kept in st.kept.items()
                 }
         return record
+
+
+def _task_and_settings(request) -> tuple[str, str]:
+    """Requests that may share a batch: the same task and generation settings."""
+    return request.args[4], repr(sorted(request.args[1].items()))
 
 
 def _target(doc) -> str | None:

@@ -39,7 +39,14 @@ from tqdm import tqdm
 from harness.bench import INSTRUCTION, fixed_prompt
 from harness.engine import PruningEngine
 from harness.families import method_overrides
-from harness.generation import StopOnStrings, cut_at, sample_seed
+from harness.generation import (
+    StopOnStrings,
+    consecutive_groups,
+    model_inputs,
+    row_answers,
+    row_stops,
+    sample_seed,
+)
 from harness.methods import METHOD_CONF, load_method
 from harness.results import versions, write_report
 from harness.shapes.data import EVAL_SEEDS, SUITE_SIZES, make_split, prompt
@@ -77,13 +84,7 @@ def suite_samples(per_task: int) -> list[Sample]:
 
 def batches(samples: list[Sample], size: int) -> list[list[Sample]]:
     """Consecutive samples of one task, up to `size` each (as run.py groups requests)."""
-    out: list[list[Sample]] = []
-    for sample in samples:
-        if out and len(out[-1]) < size and out[-1][0].task == sample.task:
-            out[-1].append(sample)
-        else:
-            out.append([sample])
-    return out
+    return list(consecutive_groups(samples, size, lambda sample: sample.task))
 
 
 @torch.no_grad()
@@ -94,14 +95,8 @@ def answer(engine: PruningEngine, processor, template: str, rows: list[Sample], 
     padding and idle decode rows.
     """
     model, tokenizer = engine.model, processor.tokenizer
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
     texts = [template.format(question=row.text) for row in rows]
-    inputs = processor(images=[row.image for row in rows], text=texts, return_tensors="pt", padding=len(rows) > 1)
-    if len(rows) == 1:
-        inputs.pop("attention_mask", None)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = model_inputs(processor, texts, [row.image for row in rows], next(model.parameters()).device, model.dtype)
     seeds = [sample_seed(seed, row.task, row.doc_id) for row in rows]
     kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "num_beams": 1,
               "pad_token_id": tokenizer.pad_token_id}
@@ -111,15 +106,12 @@ def answer(engine: PruningEngine, processor, template: str, rows: list[Sample], 
         new, _ = engine.generate(inputs, instruction=rows[0].text, stopping_criteria=[stop], **kwargs)
         new = new[None]  # [1, T]
     else:
-        eos = model.generation_config.eos_token_id
-        stop = StopOnStrings(tokenizer, UNTIL, eos if isinstance(eos, list) else [eos])
+        stop = row_stops(model, tokenizer, UNTIL)
         new, _ = engine.generate_batch(inputs, seeds, [row.text for row in rows], stopping_criteria=[stop], **kwargs)
     steps = new.shape[1]
     records = []
-    for b, row in enumerate(rows):
-        n_new = (stop.stopped_at[b] if stop.stopped_at else None) or steps  # where this row's answer ends
-        st = engine.states[b] if len(rows) > 1 else engine.state
-        text = cut_at(tokenizer.decode(new[b, :n_new], skip_special_tokens=True), UNTIL)
+    for b, (row, (text, n_new)) in enumerate(zip(rows, row_answers(tokenizer, new, stop, UNTIL))):
+        st = engine.states[b]
         records.append({"task": row.task, "doc_id": row.doc_id, "response": text, "n_new": n_new,
                         "prompt_len": st.prompt_len if st else int(inputs["input_ids"].shape[1]),
                         "vision_per_layer": list(st.vision_per_layer) if st else None})
