@@ -304,18 +304,23 @@ def run_cli(args: list[str], tmp_path: Path):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
+def run_fixtures(model: str, method: str, limit: int, tmp_path: Path) -> tuple[dict, list[dict]]:
+    """`run.py` on the fixture tasks at budget 64 (3 new tokens): (results.json, samples), every sample answered."""
     import json
 
     run_dir = tmp_path / "run"
-    proc = run_cli(["model=tiny_qwen2_5_vl", "tasks=fixtures", "method=fastv", "budget=64", "limit=1",
+    proc = run_cli([f"model={model}", "tasks=fixtures", f"method={method}", "budget=64", f"limit={limit}",
                     "max_new_tokens=3", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["error"] is None for s in samples)
+    return json.loads((run_dir / "results.json").read_text()), samples
+
+
+def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
+    results, samples = run_fixtures("tiny_qwen2_5_vl", "fastv", 1, tmp_path)
     tokens = results["tokens"]
     assert tokens["budget_label"] == "11.1%" and len(tokens["vision_per_layer"]) == 28
-    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert all(s["error"] is None for s in samples)
     for s in samples:  # each sample: round(64 * V / 576) image tokens on average over the layers, +-1
         assert abs(sum(s["vision_per_layer"]) / 28 - round(64 * s["image_tokens"] / 576)) <= 1
     fraction = np.mean([np.mean(s["vision_per_layer"]) / s["image_tokens"] for s in samples])
@@ -354,15 +359,7 @@ def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, m
 
 
 def test_run_py_runs_a_pre_llm_method_on_tiny_llava_next(tmp_path):
-    import json
-
-    run_dir = tmp_path / "run"
-    proc = run_cli(["model=tiny_llava_next", "tasks=fixtures", "method=divprune", "budget=64", "limit=2",
-                    "max_new_tokens=3", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert samples and all(s["error"] is None for s in samples)
+    results, samples = run_fixtures("tiny_llava_next", "divprune", 2, tmp_path)
     for s in samples:  # every layer sees this sample's round(64 * V / 576) image tokens
         assert s["vision_per_layer"] == [round(64 * s["image_tokens"] / 576)] * 32
     assert results["tokens"]["budget_label"] == "320"

@@ -26,6 +26,18 @@ def run_cli(args: list[str], cache: Path, wait: bool = True, **kwargs):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+def kill_after(proc: subprocess.Popen, samples: Path, n: int) -> None:
+    """SIGKILL a running `run.py` once its samples.jsonl holds `n` lines (it must not have finished by then)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and len(samples.read_text().splitlines()) >= n:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -77,16 +89,8 @@ def test_results_and_samples_follow_the_contract(full_run):
 
 def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):
     run_dir = tmp_path / "resumed"
-    proc = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, wait=False)
     samples = run_dir / "samples.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if samples.exists() and len(samples.read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, wait=False), samples, 6)
     done_before = len(samples.read_text().splitlines())
     assert 6 <= done_before < N_SAMPLES
     assert not (run_dir / "results.json").exists()
@@ -111,16 +115,8 @@ def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_
 
     run_dir = tmp_path / "batched"
     args = [*FIXTURE_RUN, "batch_size=2", "warmup=0", "latency_samples=0", f"hydra.run.dir={run_dir}"]
-    proc = run_cli(args, cache, wait=False)
     samples = run_dir / "samples.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if samples.exists() and len(samples.read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(run_cli(args, cache, wait=False), samples, 6)
     assert 6 <= len(samples.read_text().splitlines()) < N_SAMPLES
     again = run_cli(args, cache)
     assert again.returncode == 0, again.stderr[-3000:]

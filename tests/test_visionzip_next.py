@@ -9,16 +9,16 @@ in Python loops, then the tiles' dominant patches written into the stitched tile
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from test_families import MODEL_CONF, QUESTION, greedy_without_cache, run_cli
+from test_families import MODEL_CONF, QUESTION, greedy_without_cache, run_fixtures
 from transformers import LlavaNextForConditionalGeneration
-from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+)
 
 from harness.engine import PruningEngine
 from harness.families.llava_next import LLAVA_NEXT, tiny
@@ -155,13 +155,7 @@ def test_a_budget_that_keeps_nothing_of_a_crop_is_one_clear_error(tiny_next):
 
 
 def test_run_py_runs_visionzip_on_tiny_llava_next(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli(["model=tiny_llava_next", "tasks=fixtures", "method=visionzip", "budget=64", "limit=2",
-                    "max_new_tokens=3", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert samples and all(s["error"] is None for s in samples)
+    results, samples = run_fixtures("tiny_llava_next", "visionzip", 2, tmp_path)
     for s in samples:  # every layer sees 16 tokens (64/576 of 144 patches) per crop: 3 crops (1x2 grid) or 5 (2x2)
         assert s["vision_per_layer"][0] in (3 * 16, 5 * 16) and set(s["vision_per_layer"]) == {s["vision_per_layer"][0]}
     assert results["tokens"]["budget_label"] == "320"
