@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.rundir import LOCK_NAME
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 pytestmark = pytest.mark.slurm
@@ -154,6 +156,15 @@ def squeue_state(job: str) -> str | None:
     return out[0] if out else None
 
 
+def process_state(pid: int) -> str | None:
+    """State letter of a process of this machine (R, S, T, Z, ...); None once it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[0]
+
+
 def wait_gone(job: str, timeout: float) -> None:
     deadline = time.time() + timeout
     while squeue_state(job) and time.time() < deadline:
@@ -270,11 +281,16 @@ def test_cancelled_job_resumes_when_rerun(cluster, submit, reference, tmp_path):
     run = submit(sweep, *LONG)
     job = array_id(sweep)
     wait_until(lambda: count_lines(run_dir / "samples.jsonl") >= EVERY, f"{EVERY} samples written", 900)
+    pid = int((run_dir / LOCK_NAME).read_text())                          # the run's process (this machine)
     subprocess.run(["scontrol", "suspend", job], check=True)
+    # scancel only once the stop has reached the process: a kill racing the suspend can leave it stopped for good
+    wait_until(lambda: process_state(pid) in ("T", None), f"process {pid} of job {job} stopped", 60)
     subprocess.run(["scancel", job], check=True)
     code, out = run.wait(timeout=600)                                   # the submitter does not hang
     assert code != 0 and "CANCELLED" in out, out[-3000:]
     wait_gone(job, 120)
+    # the job leaves squeue before its processes are gone; until then the run dir's lock refuses a rerun
+    wait_until(lambda: process_state(pid) is None, f"process {pid} of the cancelled job gone", 120)
     assert [a["State"].split()[0] for a in sacct(job)] == ["CANCELLED"]           # "CANCELLED by <uid>"
     before = (run_dir / "samples.jsonl").read_text()
     assert EVERY <= len(before.splitlines()) < len(reference) and not (run_dir / "results.json").exists()
