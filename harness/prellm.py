@@ -8,8 +8,11 @@ sample's block, as in-LLM methods), splices the kept + merged features into the 
 place of the image block, and generates from `inputs_embeds`. A method whose official port reduces each
 tower crop on its own (VisionZip on LLaVA-NeXT) gets one `PreLLMContext` per crop instead, at the fraction
 budget/576 of that crop's patches, and the family lays the crops out (`reduce_crops`). Every layer then sees the reduced block
-(`vision_per_layer` is the sample's budget at every layer); positions are 0..N'-1 over the reduced prompt
-(1-D RoPE), and decode continues from N'.
+(`vision_per_layer` is the sample's budget at every layer). Positions come from the family
+(`ModelFamily.prellm_positions`): with 1-D RoPE (LLaVA-1.5, LLaVA-NeXT) the reduced prompt is numbered
+0..N'-1 and decode continues from N', as the official pre-LLM code does; under Qwen2.5-VL's 3-D M-RoPE every
+kept token keeps its original (temporal, height, width) position and decode continues where the full prompt's
+would, as its in-LLM methods do (a renumbering of 3-D positions is not defined).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ def prellm_generate(engine, inputs: dict, instruction: str | None, **kwargs) -> 
 
     Returns (new token ids `[n_new]`, generate's output dict); `engine.state` holds the sample's record.
     """
-    embeds, engine.state = reduce_sample(engine, inputs, instruction, engine.sample_seed)
+    embeds, positions, engine.state = reduce_sample(engine, inputs, instruction, engine.sample_seed)
+    if positions is not None:
+        kwargs["position_ids"] = positions
     out = engine.model.generate(inputs_embeds=embeds, **kwargs, return_dict_in_generate=True)
     return out.sequences[0], out  # with inputs_embeds alone, generate returns only the new tokens
 
@@ -40,27 +45,30 @@ def prellm_generate_batch(engine, inputs: dict, seeds: list[int], instructions: 
     """
     ids = inputs["input_ids"]
     pads = layout.left_pads(inputs.get("attention_mask"), ids.shape[0], ids.shape[1])
-    rows, states = [], []
+    rows, row_positions, states = [], [], []
     for b, pad in enumerate(pads):
-        embeds, st = reduce_sample(engine, sample_inputs(inputs, b, pad), instructions[b], seeds[b])
+        row = engine.family.row_inputs(engine.model, inputs, b, pad)
+        embeds, positions, st = reduce_sample(engine, row, instructions[b], seeds[b])
         rows.append(embeds)
+        row_positions.append(positions)
         states.append(st)
     embeds, new_pads = layout.left_pad(rows)  # [B, N', d]
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     for b, pad in enumerate(new_pads):
         mask[b, :pad] = 0
+    if any(p is not None for p in row_positions):  # each row's own ids, left-padded with 0 as HF pads them
+        like = next(p for p in row_positions if p is not None)
+        rows = [default_positions(e.shape[1], like) if p is None else p for e, p in zip(rows, row_positions)]
+        kwargs["position_ids"] = torch.stack([torch.cat([p.new_zeros(p.shape[0], pad), p[:, 0]], dim=1)
+                                              for p, pad in zip(rows, new_pads)], dim=1)  # [R, B, N']
     engine.states = states
     out = engine.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, return_dict_in_generate=True)
     return out.sequences, out
 
 
-def sample_inputs(inputs: dict, row: int, pad: int) -> dict:
-    """Row `row` of batched processor outputs, as the processor gives one sample (no padding, no mask)."""
-    out = {"input_ids": inputs["input_ids"][row:row + 1, pad:]}
-    for key in ("pixel_values", "image_sizes"):  # [B, ...] per sample (LLaVA-NeXT trims its padded tiles itself)
-        if key in inputs:
-            out[key] = inputs[key][row:row + 1]
-    return out
+def default_positions(n: int, like: torch.Tensor) -> torch.Tensor:
+    """The ids HF gives an n-token text-only prompt, in the layout of `like` `[R, 1, N]`: 0..n-1 on every row."""
+    return torch.arange(n, device=like.device).expand(like.shape[0], 1, n)
 
 
 def reduce_crops(engine, inputs: dict, instruction: str | None,
@@ -103,9 +111,11 @@ def reduce_crops(engine, inputs: dict, instruction: str | None,
     return image, kept, n_merged, engine._clock() - t_tower - reduce_s - engine.capture_s
 
 
-def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> tuple[torch.Tensor, PrefillState]:
-    """One sample (batch 1): its prompt embeddings with the image block reduced, `[1, N', d]`, and its state
-    (image span, kept indices into the sample's image block, tokens per layer)."""
+def reduce_sample(engine, inputs: dict, instruction: str | None,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor | None, PrefillState]:
+    """One sample (batch 1): its prompt embeddings with the image block reduced, `[1, N', d]`, their position ids
+    for `generate` (None: HF's 0..N'-1; `ModelFamily.prellm_positions`) and its state (image span, kept indices
+    into the sample's image block, tokens per layer)."""
     input_ids = inputs["input_ids"]
     t0 = engine._clock()
     st = engine._new_state(input_ids[0], seed)
@@ -146,6 +156,11 @@ def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> t
             )
         embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
     n_image = kept_image.numel() + n_merged
+    positions = None
+    if end > start:
+        prompt = torch.arange(input_ids.shape[1], device=input_ids.device)
+        keep = torch.cat([prompt[:start], start + kept_image, prompt[end:]])  # [N'] prompt columns kept, in order
+        positions = engine.family.prellm_positions(engine.model, inputs, keep, n_merged)
     st.image_span = (start, start + n_image)
     st.kept_image, st.n_merged = kept_image, n_merged
     st.vision_per_layer = [n_image] * engine.num_layers
@@ -153,4 +168,4 @@ def reduce_sample(engine, inputs: dict, instruction: str | None, seed: int) -> t
     if engine.record_kept:
         st.kept[0] = kept_image.tolist()
     st.scoring_s += engine._clock() - t0
-    return embeds, st
+    return embeds, positions, st

@@ -65,14 +65,18 @@ def batch_inputs(processor, cfg, rows: list[int], family: str) -> dict:
 
 
 def variants(name: str, family: str) -> list[dict]:
-    """The method's defaults, plus its other position rules where it takes them (compact is 1-D RoPE only)."""
+    """The method's defaults, plus its other position rules where it takes them (compact is 1-D RoPE only), plus
+    its pre-LLM stage where it has one (random)."""
     accepted = inspect.signature(get_class(OmegaConf.load(METHOD_CONF / f"{name}.yaml")._target_)).parameters
     other = {}
     if "positions" in accepted and family != "qwen2_5_vl":
         other["positions"] = "compact"
     if "decode_positions" in accepted:
         other["decode_positions"] = "per_layer"
-    return [{}, other] if other else [{}]
+    out = [{}, other] if other else [{}]
+    if "stage" in accepted:
+        out.append({"stage": "prellm"})
+    return out
 
 
 def runs_on(fam: str, name: str) -> bool:

@@ -65,6 +65,20 @@ class ModelFamily(Protocol):
         """
         ...
 
+    def row_inputs(self, model: nn.Module, inputs: dict, row: int, pad: int) -> dict:
+        """Row `row` of batched processor outputs (left padding `pad`), as the processor gives one sample."""
+        ...
+
+    def prellm_positions(self, model: nn.Module, inputs: dict, keep: torch.Tensor,
+                         n_merged: int) -> torch.Tensor | None:
+        """Position ids of a pre-LLM reduced prompt: the sample's prompt columns `keep` `[N']`, in order.
+
+        None where HF's own numbering 0..N'-1 is the rule (1-D RoPE: the official pre-LLM code renumbers); else
+        the ids `generate` takes (Qwen2.5-VL: `[4, 1, N']`, the sequence index, then each kept token's original
+        3-D position). Raises ValueError for `n_merged` merged tokens where they would have no position.
+        """
+        ...
+
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         """What to add to row `row`'s own cache length (its `pad` left padding excluded) for HF's next position.
 
@@ -89,6 +103,15 @@ class ModelFamily(Protocol):
     def budget_label(self, budget: int, image_tokens: float | None) -> str:
         """A budget as the literature labels it for this family (e.g. "640" on LLaVA-NeXT, "22.2%")."""
         ...
+
+
+def padded_row(inputs: dict, row: int, pad: int) -> dict:
+    """Row `row` of processor outputs that hold one entry per sample (LLaVA-1.5, LLaVA-NeXT), without its padding."""
+    out = {"input_ids": inputs["input_ids"][row:row + 1, pad:]}
+    for key in ("pixel_values", "image_sizes"):  # [B, ...] per sample (LLaVA-NeXT trims its padded tiles itself)
+        if key in inputs:
+            out[key] = inputs[key][row:row + 1]
+    return out
 
 
 def family_of(model: nn.Module) -> ModelFamily:
@@ -140,8 +163,8 @@ def check_family(family: ModelFamily, method) -> None:
     pre_llm = getattr(method, "pre_llm", False)
     if pre_llm and not family.pre_llm:
         raise ValueError(
-            f"{method.name} reduces the image before the language model; the engine splices a reduced block "
-            f"only on llava and llava_next (model family {name} is not supported for pre-LLM methods)"
+            f"{method.name} reduces the image before the language model; model family {name} gives pre-LLM "
+            "methods no image block to reduce"
         )
     if pre_llm:
         offered = set(family.pre_llm)

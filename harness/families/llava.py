@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
+from harness.families import padded_row
+
 
 @dataclass(frozen=True)
 class Llava:
@@ -41,6 +43,12 @@ class Llava:
             hidden = out.hidden_states[config.vision_feature_layer][0]  # [V(+1), dv]
             hidden = hidden[1:] if config.vision_feature_select_strategy == "default" else hidden
         return out.pooler_output[0], hidden  # [V, d], [V, dv] | None
+
+    def row_inputs(self, model: nn.Module, inputs: dict, row: int, pad: int) -> dict:
+        return padded_row(inputs, row, pad)
+
+    def prellm_positions(self, model: nn.Module, inputs: dict, keep: torch.Tensor, n_merged: int) -> None:
+        return None  # HF numbers the reduced prompt 0..N'-1, as the official pre-LLM code does
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         return 0

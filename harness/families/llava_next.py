@@ -29,7 +29,7 @@ from torch import nn
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
-from harness.families import REFERENCE_TOKENS
+from harness.families import REFERENCE_TOKENS, padded_row
 from harness.families.llava import clip_flops
 from harness.methods.base import Selection
 
@@ -101,6 +101,12 @@ class LlavaNext:
         image = torch.cat([flat[base.keep.to(device)], merged[0], flat[tile_kept], *merged[1:]])  # [n, d]
         kept = torch.cat([base.keep.to(device), tile_kept])  # [k]
         return image, kept, sum(m.shape[0] for m in merged)
+
+    def row_inputs(self, model: nn.Module, inputs: dict, row: int, pad: int) -> dict:
+        return padded_row(inputs, row, pad)
+
+    def prellm_positions(self, model: nn.Module, inputs: dict, keep: torch.Tensor, n_merged: int) -> None:
+        return None  # HF numbers the reduced prompt 0..N'-1, as the official pre-LLM code does
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         return 0

@@ -6,6 +6,11 @@ position ids (temporal, height, width) from `get_rope_index`; its decoder layers
 already assembled from the three axes (`mrope_section`), one row per token, so gathering rows of cos/sin
 keeps every kept token at its original 3-D position. A generated token's position is the cache length
 plus `rope_deltas` (the gap the image's 2-D grid left).
+
+Pre-LLM methods get the merged image block (`image_features`, the order HF fills it in); the reduced prompt
+goes to `generate` with its own position ids (`prellm_positions`): each kept token at its original 3-D
+position, so a reduction keeps what M-RoPE says about where a token sits in the image, and decode continues
+at the full prompt's next position (what `rope_deltas` gives an unpruned prompt).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class Qwen2_5_VL:
     model_class: type = Qwen2_5_VLForConditionalGeneration
     mrope: bool = True
     vision_cls: bool = False
-    pre_llm: frozenset = frozenset()  # a reduced block would need its kept tokens' 3-D M-RoPE positions: not built
+    pre_llm: frozenset = frozenset({"features"})  # the merged image block; kept tokens keep their 3-D positions
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
@@ -41,7 +46,34 @@ class Qwen2_5_VL:
         return None
 
     def image_features(self, model: nn.Module, inputs: dict, vision_hidden: bool) -> tuple:
-        raise ValueError("pre-LLM methods do not run on qwen2_5_vl")
+        """The sample's projected image block `[V, d]` (2x2-merged patches, as HF fills the prompt); no patch states."""
+        if vision_hidden:
+            raise ValueError("qwen2_5_vl gives pre-LLM methods no vision patch states aligned with its merged block")
+        out = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        return out.pooler_output[0], None  # one entry per image; batch 1, one image
+
+    def row_inputs(self, model: nn.Module, inputs: dict, row: int, pad: int) -> dict:
+        """Row `row`: its ids, its image's patches and grid (the processor concatenates every image's patches)."""
+        ids = inputs["input_ids"]  # [B, N]
+        out = {"input_ids": ids[row:row + 1, pad:]}
+        has_image = (ids == model.config.image_token_id).any(dim=1).tolist()
+        if has_image[row]:
+            image = sum(has_image[:row])  # one image per sample with image tokens
+            patches = inputs["image_grid_thw"].prod(-1).tolist()
+            first = sum(patches[:image])
+            out["pixel_values"] = inputs["pixel_values"][first:first + patches[image]]  # [patches, dim]
+            out["image_grid_thw"] = inputs["image_grid_thw"][image:image + 1]
+        return out
+
+    def prellm_positions(self, model: nn.Module, inputs: dict, keep: torch.Tensor, n_merged: int) -> torch.Tensor:
+        """`[4, 1, N']`: the sequence index 0..N'-1 (HF's text row), then the kept columns' original 3-D ids."""
+        if n_merged:
+            raise ValueError(f"{n_merged} merged image tokens have no M-RoPE position on qwen2_5_vl")
+        ids = inputs["input_ids"]  # [1, N]
+        types = (ids == model.config.image_token_id).int()  # mm_token_type_ids: 1 for image tokens
+        full, _ = model.model.get_rope_index(ids, types, image_grid_thw=inputs["image_grid_thw"])  # [3, 1, N]
+        index = torch.arange(keep.numel(), device=ids.device)
+        return torch.cat([index[None, None], full[:, :, keep.to(ids.device)]])  # [4, 1, N']
 
     def decode_offset(self, model: nn.Module, row: int = 0, pad: int = 0) -> int:
         deltas = model.model.rope_deltas  # [B, 1] from the prefill's get_rope_index (relative to the padded length)
