@@ -1,8 +1,9 @@
-"""Shared fixtures: the tiny random LLaVA (fp32) and a few prompts."""
+"""Shared fixtures: the tiny random LLaVA (fp32), a few prompts, a tiny model of each other family."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,3 +42,19 @@ def make_inputs(processor, question: str, seed: int) -> dict:
 def prompts(tiny):
     _, processor = tiny
     return [make_inputs(processor, q, seed) for seed, q in enumerate(QUESTIONS)]
+
+
+TINY_FAMILIES = {"llava_next": "tiny_llava_next", "qwen2_5_vl": "tiny_qwen2_5_vl"}  # family -> conf/model/<name>.yaml
+
+
+@pytest.fixture(scope="module", params=list(TINY_FAMILIES))
+def family(request):
+    """(family name, model, processor, model config) of a tiny random LLaVA-NeXT, then Qwen2.5-VL (fp32)."""
+    from omegaconf import OmegaConf
+
+    from harness.model import load_model
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / f"{TINY_FAMILIES[request.param]}.yaml")
+    model, processor = load_model(request.param, config="tiny", num_layers=cfg.load.num_layers,
+                                  dtype="float32", device="cpu", seed=0)
+    return request.param, model, processor, cfg
