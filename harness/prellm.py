@@ -57,10 +57,10 @@ def prellm_generate_batch(engine, inputs: dict, seeds: list[int], instructions: 
     for b, pad in enumerate(new_pads):
         mask[b, :pad] = 0
     if any(p is not None for p in row_positions):  # each row's own ids, left-padded with 0 as HF pads them
-        like = next(p for p in row_positions if p is not None)
-        rows = [default_positions(e.shape[1], like) if p is None else p for e, p in zip(rows, row_positions)]
-        kwargs["position_ids"] = torch.stack([torch.cat([p.new_zeros(p.shape[0], pad), p[:, 0]], dim=1)
-                                              for p, pad in zip(rows, new_pads)], dim=1)  # [R, B, N']
+        like = next(p for p in row_positions if p is not None)  # [R, 1, N'_b]
+        ids = [default_positions(e.shape[1], like) if p is None else p for e, p in zip(rows, row_positions)]
+        padded, _ = layout.left_pad([p.permute(1, 2, 0) for p in ids])  # [B, N', R]
+        kwargs["position_ids"] = padded.permute(2, 0, 1).contiguous()  # [R, B, N']
     engine.states = states
     out = engine.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, return_dict_in_generate=True)
     return out.sequences, out

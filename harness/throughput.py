@@ -113,8 +113,7 @@ def answer(engine: PruningEngine, processor, template: str, rows: list[Sample], 
     for b, (row, (text, n_new)) in enumerate(zip(rows, row_answers(tokenizer, new, stop, UNTIL))):
         st = engine.states[b]
         records.append({"task": row.task, "doc_id": row.doc_id, "response": text, "n_new": n_new,
-                        "prompt_len": st.prompt_len if st else int(inputs["input_ids"].shape[1]),
-                        "vision_per_layer": list(st.vision_per_layer) if st else None})
+                        "prompt_len": st.prompt_len, "vision_per_layer": list(st.vision_per_layer)})
     mask = inputs.get("attention_mask")
     padded = int(mask.numel() - mask.sum()) if mask is not None else 0
     return records, {"tokens": int(inputs["input_ids"].numel()), "pad_tokens": padded,
