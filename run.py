@@ -1,14 +1,16 @@
 """Evaluate one pruning method at one budget: python run.py method=fastv budget=64 (see conf/config.yaml).
 
-Exit status: 0 done; 2 bad input or a run dir that cannot be used (one `error:` line, nothing left
-behind that the run created); 3 more failed samples than `max_failed` (results.json is written).
+Exit status: 0 done (or already complete: nothing is redone); 2 bad input or a run dir that cannot be used
+(one `error:` line, nothing left behind that the run created); 3 more failed samples than `max_failed`
+(results.json is written).
 """
 
 import os
 import sys
 from pathlib import Path
 
-import harness.rundir  # noqa: F401  (registers the `batch_tag` resolver of the run dirs)
+import harness.cli  # noqa: F401  (registers the `config_groups` resolver of `python run.py --help`)
+import harness.rundir  # noqa: F401  (registers the `run_name` resolver of the run dirs)
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -34,23 +36,19 @@ set_threads()
 def main(cfg: DictConfig) -> None:
     set_threads()  # again inside the job: a launcher's job process does not run this module's top level
     from harness.checks import explain
-    from harness.rundir import remove_created, restore_hydra_config
-    from harness.runner import FailedSamples, check_failed, print_summary, run
+    from harness.rundir import remove_if_new_and_empty
+    from harness.runner import FailedSamples, check_failed, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        results = run(cfg, run_dir)
+        results = run(cfg, run_dir)  # under the run dir's lock; removes what it created if it fails before any sample
     except Exception as err:  # known causes become one line; anything else keeps its traceback
+        remove_if_new_and_empty(run_dir)  # the empty dir Hydra made for a run refused before it began
         message = explain(err)
         if message is None:
             raise
-        if (run_dir / "samples.jsonl").exists():  # work done: keep it for a resume
-            restore_hydra_config(run_dir)
-        else:
-            remove_created(run_dir)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"\nerror: {message}", file=sys.stderr)  # on a line of its own, after any progress bar
         sys.exit(2)
-    print_summary(results, run_dir)
     try:
         check_failed(cfg, results)
     except FailedSamples as err:
@@ -58,5 +56,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(3)
 
 
+def check_args() -> None:
+    """A misspelled config group choice or option name: one `error:` line, exit 2, before Hydra composes."""
+    from harness.cli import check_overrides
+
+    message = check_overrides(sys.argv[1:])
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_args()
     main()

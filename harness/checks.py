@@ -8,11 +8,13 @@ into the one line run.py prints (exit 2).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.budget import check_schedule
-from harness.families import check_schedule_kind, method_overrides, stage_source
+from harness.families import check_schedule_kind, stage_source
 from harness.model import model_shape, read_config
 
 
@@ -93,26 +95,52 @@ def check_method(cfg: DictConfig):
     Raises:
         ValueError: a bad option value or budget, naming it and what is allowed.
     """
-    method = _instantiate(cfg.method, **method_overrides(cfg.model, cfg.method_name))
+    method = _instantiate(cfg.method)  # the model's `method_overrides` are already in cfg.method, as defaults
     source = stage_source(cfg.model, cfg.method_name)
     if source:
         method.stage_source = source  # recorded in results.json method_facts
     load = OmegaConf.to_container(cfg.model.load, resolve=True)
     target = load.pop("_target_", None)
-    check_schedule_kind(load.get("family", "llava") if target == "harness.model.load_model" else "llava", method)
-    if target == "harness.model.load_model" and load.pop("family", "llava") == "llava":
-        load.pop("processor_kwargs", None)
-    elif target != "harness.model.load_llava":  # image tokens vary per sample: the engine checks each one
+    family = load.pop("family", "llava") if target == "harness.model.load_model" else "llava"
+    check_schedule_kind(family, method)
+    load.pop("processor_kwargs", None)
+    pre_llm = getattr(method, "pre_llm", False)
+    if family != "llava":  # image tokens vary per sample (the engine checks each one); the stage layers are checked now
+        num_layers = model_depth(**load)
+        if num_layers is not None:
+            decision = method.schedule(num_layers, NOMINAL_IMAGE_TOKENS)
+            check_schedule(decision.stages, decision.budget, num_layers, NOMINAL_IMAGE_TOKENS, method.name,
+                           check_budget=False)
         return method
     llava_config = read_config(**load)
     if llava_config is None:
         return method
     num_layers, num_image_tokens = model_shape(llava_config)
     decision = method.schedule(num_layers, num_image_tokens)  # the same calls as the engine's, on the same method
-    pre_llm = getattr(method, "pre_llm", False)
     check_schedule(decision.stages, decision.budget, num_layers, num_image_tokens, method.name,
                    check_budget=not pre_llm and getattr(method, "schedule_kind", "matched") == "matched")
     return method
+
+
+NOMINAL_IMAGE_TOKENS = 576  # budgets are fractions budget/576 on families whose image tokens vary
+
+
+def model_depth(pretrained: str | None = None, config: str | None = None, num_layers: int = 32, **_) -> int | None:
+    """Decoder layers of a model config read without weights ("tiny": `num_layers`; a local or committed
+    directory, or a hub id with a committed config); None when it cannot be read offline (the load says why)."""
+    from transformers import AutoConfig
+
+    from harness.model import ASSETS, COMMITTED_CONFIGS
+
+    if config == "tiny":
+        return num_layers
+    where = str(config if config is not None else pretrained)
+    path = Path(where).expanduser()
+    if not path.is_dir():
+        path = ASSETS / COMMITTED_CONFIGS.get(where, where)
+    if not (path / "config.json").is_file():
+        return None
+    return AutoConfig.from_pretrained(path).get_text_config().num_hidden_layers
 
 
 def _instantiate(node: DictConfig, **overrides):

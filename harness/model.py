@@ -204,7 +204,11 @@ def load_model(
 
 
 # Hub ids whose config.json is committed under harness/assets: their shape is known offline, before any download.
-COMMITTED_CONFIGS = {"llava-hf/llava-1.5-7b-hf": "llava-1.5-7b-hf"}
+COMMITTED_CONFIGS = {  # hub id -> its config.json committed under harness/assets (read offline, before any load)
+    "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b-hf",
+    "llava-hf/llava-v1.6-vicuna-7b-hf": "llava-v1.6-vicuna-7b-hf",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2.5-vl-7b-instruct",
+}
 
 
 def read_config(pretrained: str | None = None, config: str | None = None, num_layers: int = 32, **_) -> LlavaConfig | None:

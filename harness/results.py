@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from harness.secrets import scrub
+
 SCHEMA = 1
 
 
@@ -59,12 +61,13 @@ def write_report(out: str | Path, stem: str, report: dict, markdown: str) -> Non
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write strict JSON to a temp file in the same directory, fsync, then rename over `path`."""
+    """Write strict JSON (secrets redacted: `harness.secrets`) to a temp file in the same directory, fsync,
+    then rename over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_finite(data), f, indent=2, default=str, allow_nan=False)
+            json.dump(_finite(scrub(data)), f, indent=2, default=str, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -75,17 +78,37 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
         raise
 
 
+def write_lines_atomic(path: Path, lines: list[str]) -> None:
+    """Write `lines` to a temp file beside `path`, fsync, then rename over it (never truncated in place)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(line + "\n" for line in lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_records(path: str | Path) -> tuple[dict[tuple[str, int], dict], list[str]]:
-    """Complete records of a samples.jsonl keyed by (task, doc_id), and the good lines in order."""
+    """Complete records of a samples.jsonl keyed by (task, doc_id), and the good lines in order.
+
+    A line that is not a complete record (torn by a crash, or not a JSON object with `task` and
+    `doc_id`) is skipped: that sample runs again.
+    """
     records, good = {}, []
     path = Path(path)
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash: that sample runs again
-            records[(record["task"], record["doc_id"])] = record
+                key = (record["task"], record["doc_id"])
+            except (json.JSONDecodeError, TypeError, KeyError):
+                continue
+            records[key] = record
             good.append(line)
     return records, good
 
@@ -94,14 +117,16 @@ class SampleLog:
     """Append-only per-sample records keyed by (task, doc_id).
 
     Args:
-        path: the samples.jsonl file; existing complete lines are loaded (a torn last line is dropped).
+        path: the samples.jsonl file; existing complete lines are loaded. When some lines are not
+            complete records (a torn last line), the file is rewritten with the good lines only, aside
+            and renamed over it, so a kill at any moment leaves either the old file or the new one.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.records, good = load_records(self.path)
-        if self.path.exists() and len(good) != len(self.path.read_text().splitlines()):
-            self.path.write_text("".join(line + "\n" for line in good))  # appends stay valid JSON lines
+        if self.path.exists() and len(good) != len(self.path.read_text(errors="replace").splitlines()):
+            write_lines_atomic(self.path, good)  # appends stay valid JSON lines
         self._file = None
 
     def get(self, task: str, doc_id: int) -> dict | None:

@@ -24,7 +24,8 @@ from harness.checks import check_config, check_method, make_logger
 from harness.engine import PruningEngine
 from harness.methods.base import declared_facts
 from harness.results import SCHEMA, SampleLog, versions, write_json_atomic
-from harness.rundir import RunLock, check_identity
+from harness.identity import IDENTITY_FILE, check_identity, read_json
+from harness.rundir import RunDir
 from harness.schedule import paper_tokens
 from harness.scoring import scorer_for
 from harness.timing import peak_memory, stats
@@ -36,21 +37,30 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Evaluate one method at one budget; write `run_dir/results.json`; return it.
 
     Rerunning in the same `run_dir` resumes: samples already in samples.jsonl are not run again, after
-    `check_identity` has made sure that everything that could change an answer is the same. One
-    process at a time: a second one on the same dir is refused (`RunLock`).
+    `check_identity` has made sure that everything that could change an answer is the same; a run dir
+    that already holds this run complete is left as it is. One process at a time: a second one on the
+    same dir is refused (`RunDir`), and a run that fails before its first sample removes what it created.
     """
     check_config(cfg)
     logger = make_logger(cfg)  # a bad logger option fails now, not after the evaluation
     method = check_method(cfg)  # options and budget against the model's config: before any weight loads
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        return _run(cfg, run_dir, logger, method)
+    with RunDir(run_dir) as rd:
+        return _run(cfg, rd, logger, method)
 
 
-def _run(cfg: DictConfig, run_dir: Path, logger, method) -> dict:
+def _run(cfg: DictConfig, rd: RunDir, logger, method) -> dict:
     started_at = _now()
+    run_dir = rd.path
+    rd.create(run_dir / IDENTITY_FILE)
     identity = check_identity(cfg, run_dir)
+    rd.record_config(cfg)
+    previous = completed(cfg, run_dir)
+    if previous is not None:
+        n = sum(t["n"] for name, t in previous["tasks"].items() if not _is_group(name, previous))
+        print(f"{run_dir} already holds this run, complete ({n} samples, none failed): nothing to do. "
+              f"To evaluate again, delete {run_dir / 'results.json'} or choose another hydra.run.dir.")
+        print_summary(previous, run_dir)
+        return previous
 
     # 1. tasks (data located, checked or materialised here): a bad location fails before the model loads
     from harness.tasks import data_locations, task_manager, task_specs
@@ -67,7 +77,7 @@ def _run(cfg: DictConfig, run_dir: Path, logger, method) -> dict:
     if processor is None:
         raise ValueError(f"model={cfg.model.name} has no processor (a config-only model cannot run tasks)")
     engine = PruningEngine(model, method, record_kept=cfg.record_kept, time_scoring=cfg.time_scoring)
-    log = SampleLog(run_dir / "samples.jsonl")
+    log = SampleLog(rd.create(run_dir / "samples.jsonl"))
     lm = PrunedLlava(engine, processor, log, prompt=cfg.model.prompt, seed=cfg.seed, warmup=cfg.warmup,
                      record_kept=cfg.record_kept, max_new_tokens=cfg.max_new_tokens,
                      image_placeholder=cfg.model.get("image_placeholder", "<image>"),
@@ -97,6 +107,21 @@ def _run(cfg: DictConfig, run_dir: Path, logger, method) -> dict:
     from harness.wandb_logger import log_run
 
     log_run(cfg, run_dir, results, records, logger=logger)
+    print_summary(results, run_dir)
+    return results
+
+
+def completed(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The results.json of this very run when it is complete (same identity, checked before; same limit;
+    no failed sample, which a rerun retries), else None."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    results = read_json(path)
+    if results.get("limit") != cfg.limit or not results.get("tasks"):
+        return None
+    if any(t.get("n_failed") for name, t in results["tasks"].items() if not _is_group(name, results)):
+        return None
     return results
 
 
@@ -138,6 +163,13 @@ def print_summary(results: dict, run_dir: Path) -> None:
     reduction = flops.get("reduction")
     lines.append(f"  prefill FLOPs: {_fmt(flops.get('prefill_tflops'), '.4g')} TFLOPs "
                  f"({'n/a' if reduction is None else f'{100 * reduction:.1f}% fewer than vanilla'})")
+    tput = results.get("throughput") or {}
+    if tput.get("samples_per_s"):
+        lines.append(f"  throughput (batch {tput['batch_size']}): {tput['samples_per_s']:.2f} samples/s, "
+                     f"{_fmt(tput.get('generated_tokens_per_s'))} generated tokens/s")
+    speedup = vanilla_speedup(results, run_dir)
+    if speedup:
+        lines.append(speedup)
     n = sum(r["n"] for t, r in results["tasks"].items() if not _is_group(t, results))
     failed = sum(r["n_failed"] for t, r in results["tasks"].items() if not _is_group(t, results))
     lines.append(f"  failed samples: {failed} of {n}" + (" (see `error` in samples.jsonl)" if failed else ""))
@@ -145,6 +177,25 @@ def print_summary(results: dict, run_dir: Path) -> None:
         lines.append(f"  limit={results['limit']}: a partial run; the leaderboard marks it")
     print("\n".join(lines))
     LOG.info("\n".join(lines))
+
+
+def vanilla_speedup(results: dict, run_dir: Path) -> str | None:
+    """`speedup vs vanilla: ...` from the batch-1 latency means of this run and of the vanilla run of the same
+    model and suite beside it (`<run dir>/../vanilla`), when there is one and this run is not vanilla."""
+    vanilla_dir = Path(run_dir).parent / "vanilla"
+    if results.get("method") == "vanilla" or not (vanilla_dir / "results.json").is_file():
+        return None
+    try:
+        vanilla = read_json(vanilla_dir / "results.json")
+    except ValueError:
+        return None
+    mine, theirs = results["latency_ms"], vanilla.get("latency_ms") or {}
+    parts = [f"{name} {theirs[key]['mean'] / mine[key]['mean']:.2f}x" for key, name in (("prefill", "prefill"),
+             ("e2e", "end-to-end")) if (theirs.get(key) or {}).get("mean") and (mine.get(key) or {}).get("mean")]
+    if not parts:
+        return None
+    return (f"  speedup vs vanilla ({vanilla_dir}): {', '.join(parts)} (batch-1 latency means over "
+            f"{mine.get('n_timed')} and {theirs.get('n_timed')} timed samples)")
 
 
 def _pope_splits(results: dict) -> dict[str, list[float]]:

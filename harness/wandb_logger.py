@@ -33,6 +33,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.secrets import redact, scrub
+
 SAMPLE_COLUMNS = ("task", "doc_id", "target", "response", "error", "prefill_ms", "n_new_tokens")
 SCORE_COLUMNS = ("score", "pred")  # from each sample's score fields (samples.jsonl `scores`, harness.scoring)
 NO_INIT_EXIT = 75  # the child's exit status when the online init did not answer in time
@@ -59,7 +61,7 @@ def log_run(cfg: DictConfig, run_dir: str | Path, results: dict, records: list[d
         logger.log(cfg, Path(run_dir), results, records)
     except Exception as exc:  # noqa: BLE001 - logging must never cost the local results
         cause = exc.__cause__ if type(exc).__name__ == "InstantiationException" and exc.__cause__ else exc
-        message = " ".join(_redact(str(cause)).split())  # one line
+        message = " ".join(redact(str(cause)).split())  # one line
         print(f"warning: logging to {logger_cfg.get('_target_')} failed ({type(cause).__name__}: {message}); "
               f"local results are in {run_dir}", file=sys.stderr)
 
@@ -103,7 +105,7 @@ class WandbLogger:
         mode = self.resolved_mode()
         if mode == "disabled":
             return
-        config = _scrub(OmegaConf.to_container(cfg, resolve=True))
+        config = scrub(OmegaConf.to_container(cfg, resolve=True))
         group = self.group or sweep_name(run_dir)
         status = self._child(config, run_dir, mode, group)
         if status == "done" or mode == "offline":
@@ -187,7 +189,7 @@ def log_now(config: dict, run_dir: Path, mode: str, group: str, project: str, en
             os._exit(NO_INIT_EXIT)  # the parent redoes it offline; a stuck thread cannot be stopped otherwise
         if "error" in started:
             exc = started["error"]
-            message = " ".join(_redact(str(exc)).split())[:300]
+            message = " ".join(redact(str(exc)).split())[:300]
             print(f"warning: wandb online init failed ({type(exc).__name__}: {message}); logging offline instead",
                   file=sys.stderr)
             wandb.teardown()
@@ -197,7 +199,7 @@ def log_now(config: dict, run_dir: Path, mode: str, group: str, project: str, en
     if mode != "online":
         run = init(mode)
     try:
-        run.summary.update(_scrub(summary(results)))
+        run.summary.update(scrub(summary(results)))
         if log_samples and records:
             rows = [[_cell(r.get(c)) for c in SAMPLE_COLUMNS] + [_cell((r.get("scores") or {}).get(c)) for c in SCORE_COLUMNS]
                     for r in records if r is not None]
@@ -259,23 +261,6 @@ def _cell(value):
 
 def _artifact_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _redact(text: str) -> str:
-    key = os.environ.get("WANDB_API_KEY")
-    return text.replace(key, "***") if key else text
-
-
-def _scrub(value):
-    """A copy with the API key (should it appear anywhere, e.g. via an env interpolation) replaced by ***."""
-    key = os.environ.get("WANDB_API_KEY")
-    if not key:
-        return value
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return value.replace(key, "***") if isinstance(value, str) else value
 
 
 if __name__ == "__main__":  # the child process of WandbLogger.log: one job as JSON on stdin

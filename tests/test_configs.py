@@ -29,6 +29,7 @@ GROUPS = {
     "logger": ("config", "logger={}"),
     "experiment": ("config", "+experiment={}"),
     "hydra/launcher": ("config", "hydra/launcher={}"),
+    "hydra/job_logging": ("config", "hydra/job_logging={}"),
     "preset": ("bench", "+preset={}"),
 }
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))  # config, bench, analyze, overhead

@@ -135,7 +135,7 @@ def test_rerunning_the_same_command_resumes_the_default_run_dir(cache, tmp_path)
     first = run_cli(SMALL, cache, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = [p.parent for p in tmp_path.rglob("results.json")]
-    assert run_dir == tmp_path / "runs" / "tiny_random" / "fixtures" / "fastv-64"
+    assert run_dir == tmp_path / "runs" / "tiny_random" / "fixtures" / "fastv-64+max_new_tokens=2,tasks.names=[mme]"
     second = run_cli([*[a for a in SMALL if not a.startswith("limit=")], "limit=3"], cache, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]

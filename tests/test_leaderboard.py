@@ -237,7 +237,7 @@ def test_submitit_local_multirun_and_leaderboard(tmp_path, capsys):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted(p.parent.relative_to(sweep).as_posix() for p in sweep.rglob("results.json"))
-    assert found == ["tiny_random/fixtures/fastv-64", "tiny_random/fixtures/vanilla-64"]
+    assert found == ["tiny_random/fixtures/fastv-64", "tiny_random/fixtures/vanilla"]
     code, out, err = run_cli([sweep, "--bootstrap", "100"], capsys)
     assert code == 0, err
     rows = markdown_rows(out)

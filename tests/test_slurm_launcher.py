@@ -1,6 +1,7 @@
 """The SLURM launcher's defaults (conf/hydra/launcher/slurm.yaml) checked against the sbatch script they produce.
 
-No cluster needed: a stand-in `sbatch` first on PATH keeps the script submitit hands it and refuses the job.
+No cluster needed: a stand-in `sbatch` first on PATH keeps the script submitit hands it and refuses the job
+(and a stand-in `srun`, which submitit looks for before it submits: these tests pass on a machine without Slurm).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def sbatch_script(tmp_path: Path, *overrides: str) -> str:
     fake = bin_dir / "sbatch"
     fake.write_text(f'#!/bin/sh\ncp "$1" {captured}\necho "sbatch: error: refused by the test" >&2\nexit 1\n')
     fake.chmod(0o755)
+    srun = bin_dir / "srun"  # submitit refuses to submit where `srun` is not on PATH; it is never run here
+    srun.write_text("#!/bin/sh\necho 'srun: not run by the test' >&2\nexit 1\n")
+    srun.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
         [sys.executable, "run.py", "-m", "hydra/launcher=slurm", "method=fastv", "budget=8,16,24,32,40,48,56,64,72",
