@@ -57,6 +57,8 @@ def test_mmbench_circular(tasks):
 def test_scienceqa(tasks):
     # answers B, C, B; "C." fails LLaVA's parser
     assert score(tasks["scienceqa_img"], ["B", "C.", "The answer is B."]) == {"accuracy": pytest.approx(200 / 3)}
+    # "B\ncircle" (no ". " after the letter) and "The answer is B" (nothing after the letter) fail too
+    assert score(tasks["scienceqa_img"], ["B\ncircle", "C", "The answer is A"]) == {"accuracy": pytest.approx(100 / 3)}
 
 
 def test_textvqa(tasks):
@@ -96,7 +98,7 @@ def test_every_task_end_to_end_through_the_leaderboard(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     expected = {"mmbench_en_dev": ("circular_accuracy", "mmbench_circular_exact"),
                 "mmbench_cn_dev": ("circular_accuracy", "mmbench_circular_exact"),
-                "scienceqa_img": ("accuracy", "llava_eval_science_qa"), "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"),
+                "scienceqa_img": ("accuracy", "llava_eval_science_qa_c121f04"), "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"),
                 "textvqa_val_no_ocr": ("vqa_accuracy", "llava_m4c_textvqa"), "vqav2_val": ("vqa_accuracy", "vqa_eval_server"),
                 "vqav2_testdev": ("submitted", "vqa_eval_server"), "seedbench_img": ("seed_image", "llava_seed_exact")}
     for task, (metric, scorer) in expected.items():

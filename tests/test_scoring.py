@@ -115,9 +115,11 @@ def test_vqav2_server_rule():
 # ---------------------------------------------------------------- multiple choice
 
 @pytest.mark.parametrize("response, parsed", [
-    ("B", "B"), (" B ", "B"), ("B. cat", "B"), ("The answer is C.", "C"), ("The answer is C", "C"),
+    ("B", "B"), (" B ", "B"), ("B. cat", "B"), ("The answer is C.", "C"),
+    ("The answer is C", None),                       # `The answer is ([A-Z]).` needs a character after the letter
+    ("The answer is A. The answer is A.", None),     # two matches fail
     ("B.", None), ("(B)", None), ("cat", None), ("b", None), ("D", None),  # D: not an option of this question
-    ("B\nbecause", "B"),  # newline -> ". " -> "B. because"
+    ("B\nbecause", None),                            # newlines are not rewritten: "B\nb" is not "B. "
 ])
 def test_scienceqa_parse(response, parsed):
     assert scienceqa.parse(response, n_choices=3) == parsed
@@ -127,6 +129,14 @@ def test_scienceqa_score():
     doc = {"choices": ["dog", "cat", "cow"], "answer": 1}
     assert scienceqa.score(doc, "B") == {"pred": "B", "label": "B", "score": 1.0}
     assert scienceqa.score(doc, "B.")["score"] == 0.0
+
+
+def test_scienceqa_crafted_answers():
+    # LLaVA main's rule: "B\ncircle" and a final "The answer is B" fail; the unmerged 5200b75 rule took both
+    docs = [{"choices": ["dog", "cat", "cow"], "answer": a} for a in (1, 2, 1)]
+    records = [scienceqa.score(d, r) for d, r in zip(docs, ["B\ncircle", "C", "The answer is B"])]
+    assert [r["score"] for r in records] == [0.0, 1.0, 0.0]
+    assert scienceqa.accuracy(records) == pytest.approx(100 / 3)  # 100.0 under the 5200b75 rule
 
 
 CHOICES = {"A": "apple", "B": "banana pie", "C": "cherry", "D": "pie"}
