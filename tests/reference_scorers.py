@@ -5,6 +5,11 @@ that harness.scoring can be compared with it on many generated answers:
 
 - `llava_eval_science_qa`: haotian-liu/LLaVA c121f04 `llava/eval/eval_science_qa.py` (the main
   loop's parsing and `get_pred_idx`), after `model_vqa_science.py`'s `outputs.strip()`.
+- `LlavaM4CAnswerProcessor`: LLaVA c121f04 `llava/eval/m4c_evaluator.py` `EvalAIAnswerProcessor`
+  (what `scripts/convert_vqav2_for_submission.py` applies); its tables equal vqaEval.py's (checked
+  by hand against both sources), so it takes them from `VQAEval` below, with its own COMMA_STRIP.
+- `VQAEval`: GT-Vision-Lab/VQA a013f00 `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, the
+  per-question body of `evaluate` (Python 2 prints left out).
 """
 
 from __future__ import annotations
@@ -42,3 +47,154 @@ def llava_eval_science_qa(outputs: str, choices: list, answer: int) -> tuple[str
             answer_ = "FAILED"
     pred_idx = get_pred_idx(answer_, choices, SQA_OPTIONS)
     return answer_, pred_idx == answer
+
+
+# ---------------------------------------------------------------- GT-Vision-Lab vqaEval.py (a013f00)
+
+class VQAEval:
+    def __init__(self):
+        self.contractions = {"aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+                             "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+                             "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't", "hed": "he'd", "hed've": "he'd've",
+                             "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've",
+                             "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+                             "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+                             "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+                             "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
+                             "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+                             "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+                             "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+                             "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+                             "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd", "thered've": "there'd've",
+                             "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+                             "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+                             "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+                             "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
+                             "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+                             "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+                             "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+                             "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've",
+                             "youll": "you'll", "youre": "you're", "youve": "you've"}
+        self.manualMap = {'none': '0', 'zero': '0', 'one': '1', 'two': '2', 'three': '3', 'four': '4', 'five': '5', 'six': '6',
+                          'seven': '7', 'eight': '8', 'nine': '9', 'ten': '10'}
+        self.articles = ['a', 'an', 'the']
+        self.periodStrip = re.compile(r"(?!<=\d)(\.)(?!\d)")
+        self.commaStrip = re.compile(r"(\d)(\,)(\d)")
+        self.punct = [';', r"/", '[', ']', '"', '{', '}',
+                      '(', ')', '=', '+', '\\', '_', '-',
+                      '>', '<', '@', '`', ',', '?', '!']
+
+    def evaluate_one(self, gt_answers: list[dict], res_answer: str) -> float:
+        """The body of `evaluate`'s loop for one question: avgGTAcc (gt_answers are copied, then mutated as there)."""
+        gts = {0: {'answers': [dict(a) for a in gt_answers]}}
+        res = {0: {'answer': res_answer}}
+        quesId = 0
+        for ansDic in gts[quesId]['answers']:
+            ansDic['answer'] = ansDic['answer'].replace('\n', ' ')
+            ansDic['answer'] = ansDic['answer'].replace('\t', ' ')
+            ansDic['answer'] = ansDic['answer'].strip()
+        resAns = res[quesId]['answer']
+        resAns = resAns.replace('\n', ' ')
+        resAns = resAns.replace('\t', ' ')
+        resAns = resAns.strip()
+        gtAcc = []
+        gtAnswers = [ans['answer'] for ans in gts[quesId]['answers']]
+
+        if len(set(gtAnswers)) > 1:
+            for ansDic in gts[quesId]['answers']:
+                ansDic['answer'] = self.processPunctuation(ansDic['answer'])
+                ansDic['answer'] = self.processDigitArticle(ansDic['answer'])
+            resAns = self.processPunctuation(resAns)
+            resAns = self.processDigitArticle(resAns)
+
+        for gtAnsDatum in gts[quesId]['answers']:
+            otherGTAns = [item for item in gts[quesId]['answers'] if item != gtAnsDatum]
+            matchingAns = [item for item in otherGTAns if item['answer'] == resAns]
+            acc = min(1, float(len(matchingAns)) / 3)
+            gtAcc.append(acc)
+        avgGTAcc = float(sum(gtAcc)) / len(gtAcc)
+        return avgGTAcc
+
+    def processPunctuation(self, inText):
+        outText = inText
+        for p in self.punct:
+            if (p + ' ' in inText or ' ' + p in inText) or (re.search(self.commaStrip, inText) != None):  # noqa: E711
+                outText = outText.replace(p, '')
+            else:
+                outText = outText.replace(p, ' ')
+        outText = self.periodStrip.sub("",
+                                       outText,
+                                       re.UNICODE)
+        return outText
+
+    def processDigitArticle(self, inText):
+        outText = []
+        tempText = inText.lower().split()
+        for word in tempText:
+            word = self.manualMap.setdefault(word, word)
+            if word not in self.articles:
+                outText.append(word)
+            else:
+                pass
+        for wordId, word in enumerate(outText):
+            if word in self.contractions:
+                outText[wordId] = self.contractions[word]
+        outText = ' '.join(outText)
+        return outText
+
+
+# ---------------------------------------------------------------- LLaVA m4c_evaluator.py EvalAIAnswerProcessor (c121f04)
+
+class LlavaM4CAnswerProcessor:
+    _tables = VQAEval()
+    CONTRACTIONS = _tables.contractions
+    NUMBER_MAP = _tables.manualMap
+    ARTICLES = _tables.articles
+    PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+    COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+    PUNCTUATIONS = _tables.punct
+
+    def word_tokenize(self, word):
+        word = word.lower()
+        word = word.replace(",", "").replace("?", "").replace("'s", " 's")
+        return word.strip()
+
+    def process_punctuation(self, in_text):
+        out_text = in_text
+        for p in self.PUNCTUATIONS:
+            if (p + " " in in_text or " " + p in in_text) or (
+                re.search(self.COMMA_STRIP, in_text) is not None
+            ):
+                out_text = out_text.replace(p, "")
+            else:
+                out_text = out_text.replace(p, " ")
+        out_text = self.PERIOD_STRIP.sub("", out_text, re.UNICODE)
+        return out_text
+
+    def process_digit_article(self, in_text):
+        out_text = []
+        temp_text = in_text.lower().split()
+        for word in temp_text:
+            word = self.NUMBER_MAP.setdefault(word, word)
+            if word not in self.ARTICLES:
+                out_text.append(word)
+            else:
+                pass
+        for word_id, word in enumerate(out_text):
+            if word in self.CONTRACTIONS:
+                out_text[word_id] = self.CONTRACTIONS[word]
+        out_text = " ".join(out_text)
+        return out_text
+
+    def __call__(self, item):
+        item = self.word_tokenize(item)
+        item = item.replace("\n", " ").replace("\t", " ").strip()
+        item = self.process_punctuation(item)
+        item = self.process_digit_article(item)
+        return item
+
+
+def vqav2_reference(text: str, gt_answers: list[dict]) -> tuple[str, float]:
+    """(LLaVA's submitted answer, vqaEval.py's avgGTAcc of it)."""
+    submitted = LlavaM4CAnswerProcessor()(text)  # convert_vqav2_for_submission.py
+    return submitted, VQAEval().evaluate_one(gt_answers, submitted)

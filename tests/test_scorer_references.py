@@ -1,12 +1,14 @@
 """harness.scoring against literal ports of the official code (tests/reference_scorers.py) on many
-generated adversarial answers: ScienceQA (LLaVA c121f04)."""
+generated adversarial answers: ScienceQA (LLaVA c121f04), VQAv2 (LLaVA's submission + vqaEval.py
+a013f00)."""
 
 import itertools
+import random
 
 import pytest
 import reference_scorers as ref
 
-from harness.scoring import scienceqa
+from harness.scoring import scienceqa, vqa
 
 
 # ---------------------------------------------------------------- ScienceQA
@@ -60,3 +62,77 @@ def test_scienceqa_official_cases(response, parsed):
     assert scienceqa.parse(response, n_choices=3) == parsed
     answer, _ = ref.llava_eval_science_qa(response, ["x", "y", "z"], 0)
     assert (answer if ref.get_pred_idx(answer, ["x", "y", "z"], ref.SQA_OPTIONS) >= 0 else None) == parsed
+
+
+# ---------------------------------------------------------------- VQAv2
+
+VQA_POOL = [
+    "1,000", "1000", "1,,2", "1 2", "12", "1,2", "1, 2", "2,5", "two", "Two.", "2", "the dog", "dog", "a dog", "an apple",
+    "a", "the", "t-shirt", "T-Shirt", "t shirt", "tshirt", "yes", "yes.", "Yes!", "no", "no.", "3.5", "3.5.", "3. 5", "i'm",
+    "dont", "don't", "Ive", "ive", "it's", "its", "dogs'", "x-ray", "x ray", "hi! there", "a - b", "a  b", "(red)", "red",
+    "red, white", "red white", "10", "ten", "none", "0", "zero", "e.g. cat", "...", "." * 40 + "x", "x" + "." * 35,
+    "\tyes\n", " yes ", "ye s", "$5", "5$", "5 dollars", "50%", "#1", "@home", "c++", "a/b", "a / b", "left;right",
+    "one two", "1 2 3", "3:00", "3 00", "o'clock", "oclock", "\"quoted\"", "[x]", "{y}", "a_b", "a=b", "<3", "q?", "wait!",
+    "", "ÉCOLE", "école", "mr. smith", "mr smith", "u.s.a.", "usa", "st. louis", "4.0", "4",
+]
+VQA_SUFFIXES = ["", ".", " ", "!", "?", " dog", ",", "\n", " .", "..."]
+
+
+def vqa_cases(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    for _ in range(n):
+        distinct = [rng.choice(VQA_POOL) for _ in range(rng.choice([1, 1, 2, 2, 3, 4]))]
+        answers = [rng.choice(distinct) for _ in range(10)]
+        response = rng.choice([rng.choice(distinct), rng.choice(VQA_POOL)]) + rng.choice(VQA_SUFFIXES)
+        if rng.random() < 0.3:
+            response = response.upper() if rng.random() < 0.5 else response.title()
+        yield response, answers
+
+
+def test_vqav2_matches_vqaeval_a013f00_on_generated_answers():
+    compared, disagreements = 0, []
+    for response, answers in vqa_cases(6000):
+        dicts = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]
+        expected = ref.vqav2_reference(response, dicts)
+        for got in (vqa.vqav2_accuracy(response, answers),
+                    (lambda r: (r["pred"], r["score"]))(vqa.vqav2_score({"question_id": 1, "answers": dicts}, response))):
+            if got[0] != expected[0] or abs(got[1] - expected[1]) > 1e-12:
+                disagreements.append((response, answers, got, expected))
+        compared += 1
+    assert not disagreements, disagreements[:5]
+    assert compared == 6000
+
+
+def test_vqaeval_tables_and_processing_match_the_literal_port():
+    official = ref.VQAEval()
+    from lmms_eval.tasks._task_utils.vqa_eval_metric import EvalAIAnswerProcessor as P
+
+    def mapping(table: dict) -> dict:  # both codes add word -> word entries as they run (setdefault)
+        return {k: v for k, v in table.items() if k != v}
+
+    assert (P.CONTRACTIONS, mapping(P.NUMBER_MAP), P.ARTICLES, P.PUNCTUATIONS, P.PERIOD_STRIP.pattern) == (
+        official.contractions, mapping(official.manualMap), official.articles, official.punct, official.periodStrip.pattern)
+    texts = {p + s for p in VQA_POOL for s in VQA_SUFFIXES} | {a + " " + b for a, b in itertools.product(VQA_POOL[:40], repeat=2)}
+    for text in sorted(texts):
+        assert vqa.vqaeval_punctuation(text) == official.processPunctuation(text), text
+        assert vqa.vqaeval_digit_article(text) == official.processDigitArticle(text), text
+        assert vqa.normalize(text) == ref.LlavaM4CAnswerProcessor()(text), text
+    assert len(texts) > 2000
+
+
+@pytest.mark.parametrize("text, processed", [
+    ("1,000", "1000"), ("1,,2", "1  2"), ("1,2,3", "123"), ("x-ray", "x ray"), ("a - b", "a  b"), ("3.5.", "3.5"),
+    ("hi! there", "hi there"), ("x" + "." * 40, "x" + "." * 8),  # re.UNICODE (32) is sub's count
+])
+def test_vqaeval_punctuation_cases(text, processed):
+    assert vqa.vqaeval_punctuation(text) == processed
+
+
+def test_vqav2_vqaeval_rule_differs_from_evalai_processing_of_the_answers():
+    # "1,,2": vqaEval's commaStrip needs one comma between digits, so the mark becomes a space: "1 2";
+    # the EvalAI processor's commaStrip takes "1,,2" and deletes it: "12"
+    answers = ["1,,2"] * 9 + ["x"]
+    assert vqa.vqav2_accuracy("1 2", answers) == ("1 2", 1.0)
+    assert vqa.vqav2_accuracy("12", answers) == ("12", 0.0)
+    assert vqa.vqav2_accuracy("The Two", ["2"] * 10) == ("2", 1.0)
+    assert vqa.vqav2_accuracy("Two", ["two"] * 10) == ("2", 0.0)  # unanimous: the human answers stay raw

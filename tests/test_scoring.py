@@ -182,5 +182,6 @@ def test_every_task_has_one_scorer():
     assert scorer_for("shapes_pope_random") is scorer_for("pope_adversarial") is pope.SCORER
     assert scorer_for("shapes_mme") is scorer_for("mme") is mme.SCORER
     assert scorer_for("mmbench_cn_dev") is mmbench.SCORER and scorer_for("textvqa_val_no_ocr") is vqa.TEXTVQA_SCORER
-    assert scorer_for("vqav2_testdev") is vqa.VQAV2_SCORER and scorer_for("seedbench_img") is seedbench.SCORER
+    assert scorer_for("vqav2_val") is vqa.VQAV2_SCORER and scorer_for("vqav2_testdev") is vqa.VQAV2_TESTDEV_SCORER
+    assert scorer_for("seedbench_img") is seedbench.SCORER
     assert scorer_for("unknown_task") is None
