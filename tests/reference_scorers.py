@@ -10,11 +10,17 @@ that harness.scoring can be compared with it on many generated answers:
   by hand against both sources), so it takes them from `VQAEval` below, with its own COMMA_STRIP.
 - `VQAEval`: GT-Vision-Lab/VQA a013f00 `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, the
   per-question body of `evaluate` (Python 2 prints left out).
+- `can_infer*`, `mcq_circular_eval_exact_matching`: open-compass/VLMEvalKit e8e78f05
+  `vlmeval/utils/matching_util.py` and `vlmeval/dataset/utils/multiple_choice.py` with
+  `model=None` (the `exact_matching` judge), without pandas.
 """
 
 from __future__ import annotations
 
+import copy as cp
+import os
 import re
+import string
 
 # ---------------------------------------------------------------- LLaVA eval_science_qa.py (c121f04)
 
@@ -198,3 +204,122 @@ def vqav2_reference(text: str, gt_answers: list[dict]) -> tuple[str, float]:
     """(LLaVA's submitted answer, vqaEval.py's avgGTAcc of it)."""
     submitted = LlavaM4CAnswerProcessor()(text)  # convert_vqav2_for_submission.py
     return submitted, VQAEval().evaluate_one(gt_answers, submitted)
+
+
+# ---------------------------------------------------------------- VLMEvalKit matching_util.py (e8e78f05)
+
+_VERBOSE_ANSWER_RE = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+
+
+def can_infer_option(answer, choices):
+    verbose = os.environ.get('VERBOSE', 0)
+    # Choices is a dictionary
+    if 'Failed to obtain answer via API' in answer:
+        return False
+
+    reject_to_answer = [
+        "Sorry, I can't help with images of people yet.", "I can't process this file.",
+        "I'm sorry, but without the image provided", 'Cannot determine the answer'
+    ]
+    for err in reject_to_answer:
+        if err in answer:
+            return 'Z'
+
+    def count_choice(splits, choices, prefix='', suffix=''):
+        cnt = 0
+        for c in choices:
+            if prefix + c + suffix in splits:
+                cnt += 1
+        return cnt
+
+    answer_mod = cp.copy(answer)
+    chars = '.()[],:;!*#{}'
+    for c in chars:
+        answer_mod = answer_mod.replace(c, ' ')
+
+    splits = [x.strip() for x in answer_mod.split()]
+    count = count_choice(splits, choices)
+
+    if count == 1:
+        for ch in choices:
+            if 'A' in splits and len(splits) > 3 and verbose:
+                return False
+            if ch in splits and splits.index(ch) > (len(splits) - 5):
+                return ch
+    elif count == 0 and count_choice(splits, {'Z', ''}) == 1:
+        return 'Z'
+
+    match = _VERBOSE_ANSWER_RE.search(answer or "")
+    if match and match.group(1).upper() in choices:
+        return match.group(1).upper()
+
+    return False
+
+
+def can_infer_text(answer, choices):
+    answer = answer.lower()
+    if len(answer) > 2 * sum(len(str(v)) for v in choices.values()):
+        return False
+    assert isinstance(choices, dict)
+    for k in choices:
+        assert k in string.ascii_uppercase
+        choices[k] = str(choices[k]).lower()
+    cands = []
+    for k in choices:
+        if choices[k] in answer:
+            cands.append(k)
+    if len(cands) == 1:
+        return cands[0]
+    return False
+
+
+def can_infer(answer, choices):
+    answer = str(answer)
+    copt = can_infer_option(answer, choices)
+    return copt if copt else can_infer_text(answer, choices)
+
+
+# ---------------------------------------------------------------- VLMEvalKit multiple_choice.py (e8e78f05), model=None
+
+def extract_answer_exact_matching(item: dict) -> str:
+    """`extract_answer_from_item(None, item)`'s opt: can_infer, else 'Z'."""
+    choices = {ch: item[ch] for ch in string.ascii_uppercase if ch in item and item[ch] is not None}  # build_choices
+    ret = can_infer(item['prediction'], choices)
+    return ret if ret else 'Z'
+
+
+def prefetch_circular_group(sub_data: list[dict]):
+    GT, PRED = [], []
+    for item in sub_data:
+        GT.append(item['GT'])
+        choices = {ch: item[ch] for ch in string.ascii_uppercase if ch in item and item[ch] is not None}
+        PRED.append(can_infer(item['prediction'], choices))  # prefetch_answer
+        if PRED[-1] and (GT[-1] != PRED[-1]):
+            return dict(hit=0)
+    flag = True
+    for g, p in zip(GT, PRED):
+        if g != p:
+            flag = False
+    return dict(hit=1) if flag else None
+
+
+def mcq_circular_eval_exact_matching(data: list[dict]) -> float:
+    """Mean hit over the originals (`data_main`), in %; rows: index, prediction, GT, option columns."""
+    data = sorted(data, key=lambda r: r['index'])  # data.sort_values(by='index')
+    for row in data:
+        row['g_index'] = int(row['index'] % 1e6)
+    data_main = [row for row in data if row['index'] == row['g_index']]
+    result = {}
+    for main in data_main:
+        sub_data = [row for row in data if row['g_index'] == main['index']]
+        pf = prefetch_circular_group(sub_data)
+        # a group the prefetch cannot settle: "Failed in Prefetch, no GPT-based answer matching"
+        result[main['index']] = pf if pf is not None else dict(hit=0)
+    hits = [result[row['index']]['hit'] for row in data_main]
+    return 100.0 * sum(hits) / len(hits)
+
+
+def mcq_vanilla_eval_exact_matching(data: list[dict]) -> float:
+    """Mean hit over the given rows, in % (`eval_vanilla`: opt == GT)."""
+    hits = [int(extract_answer_exact_matching(row) == row['GT']) for row in data]
+    return 100.0 * sum(hits) / len(hits)

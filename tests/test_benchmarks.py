@@ -54,6 +54,15 @@ def test_mmbench_circular(tasks):
     assert metrics == {"circular_accuracy": pytest.approx(50.0), "single_accuracy": pytest.approx(100.0)}
 
 
+def test_mmbench_circular_counts_only_questions_whose_original_ran(tasks):
+    # question 0's three rotated copies (right) without its original; question 1's original (right) and copy (wrong)
+    task = tasks["mmbench_en_dev"]
+    docs = task.test_docs()
+    records = [task.process_results(docs[i], [r])["circular_accuracy"] for i, r in zip([1, 2, 3, 4, 5], "DCBAA")]
+    assert task.aggregation()["circular_accuracy"](records) == 0.0  # question 0 counted too gave 50.0
+    assert task.aggregation()["single_accuracy"](records) == 100.0
+
+
 def test_scienceqa(tasks):
     # answers B, C, B; "C." fails LLaVA's parser
     assert score(tasks["scienceqa_img"], ["B", "C.", "The answer is B."]) == {"accuracy": pytest.approx(200 / 3)}
@@ -120,11 +129,12 @@ def test_every_task_end_to_end_through_the_leaderboard(tmp_path):
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    expected = {"mmbench_en_dev": ("circular_accuracy", "mmbench_circular_exact"),
-                "mmbench_cn_dev": ("circular_accuracy", "mmbench_circular_exact"),
-                "scienceqa_img": ("accuracy", "llava_eval_science_qa_c121f04"), "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"),
-                "textvqa_val_no_ocr": ("vqa_accuracy", "llava_m4c_textvqa"), "vqav2_val": ("vqa_accuracy", "vqaEval_py_a013f00"),
-                "vqav2_testdev": ("submitted", "llava_vqav2_submission"), "seedbench_img": ("seed_image", "llava_seed_exact")}
+    expected = {"mmbench_en_dev": ("circular_accuracy", "vlmevalkit_e8e78f05_exact_matching"),
+                "mmbench_cn_dev": ("circular_accuracy", "vlmevalkit_e8e78f05_exact_matching"),
+                "scienceqa_img": ("accuracy", "llava_eval_science_qa_c121f04"),
+                "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"), "textvqa_val_no_ocr": ("vqa_accuracy", "llava_m4c_textvqa"),
+                "vqav2_val": ("vqa_accuracy", "vqaEval_py_a013f00"), "vqav2_testdev": ("submitted", "llava_vqav2_submission"),
+                "seedbench_img": ("seed_image", "llava_seed_exact")}
     for task, (metric, scorer) in expected.items():
         entry = results["tasks"][task]
         assert (entry["n"], entry["n_failed"], entry["scorer"]) == (1, 0, scorer), task

@@ -1,6 +1,6 @@
 """harness.scoring against literal ports of the official code (tests/reference_scorers.py) on many
 generated adversarial answers: ScienceQA (LLaVA c121f04), VQAv2 (LLaVA's submission + vqaEval.py
-a013f00)."""
+a013f00), MMBench (VLMEvalKit e8e78f05, exact matching, CircularEval)."""
 
 import itertools
 import random
@@ -8,7 +8,12 @@ import random
 import pytest
 import reference_scorers as ref
 
-from harness.scoring import scienceqa, vqa
+from harness.scoring import mmbench, scienceqa, vqa
+
+
+@pytest.fixture(autouse=True)
+def _no_verbose(monkeypatch):
+    monkeypatch.delenv("VERBOSE", raising=False)  # VLMEvalKit's can_infer_option reads it
 
 
 # ---------------------------------------------------------------- ScienceQA
@@ -136,3 +141,119 @@ def test_vqav2_vqaeval_rule_differs_from_evalai_processing_of_the_answers():
     assert vqa.vqav2_accuracy("12", answers) == ("12", 0.0)
     assert vqa.vqav2_accuracy("The Two", ["2"] * 10) == ("2", 1.0)
     assert vqa.vqav2_accuracy("Two", ["two"] * 10) == ("2", 0.0)  # unanimous: the human answers stay raw
+
+
+# ---------------------------------------------------------------- MMBench
+
+MMB_CHOICES = [
+    {"A": "apple", "B": "banana pie", "C": "cherry", "D": "pie"},
+    {"A": "circle", "B": "square"},
+    {"A": "Yes", "B": "No", "C": "A"},
+    {"A": "圆形", "B": "正方形", "C": "三角形", "D": "星形"},
+    {"A": "the cat is on the mat", "B": "the dog", "C": "a bird", "D": "nothing", "E": "everything"},
+]
+MMB_TOKENS = ["A", "B", "C", "D", "E", "Z", "a", "b", "(A)", "B.", "C)", "[D]", "A,", "**B**", "{C}", "A:", "#D", "B!",
+              "The", "answer", "is", "correct", "Answer:", "option", "because", "I", "think", "not", "apple", "pie",
+              "banana", "cherry", "circle", "Square", "圆形", "三角形", "the", "dog", "cat", "\n", "answer is", "ANSWER IS",
+              "Cannot determine the answer", "I can't process this file.", "Failed to obtain answer via API", "nan"]
+MMB_TEMPLATES = ["{L}", "{L}.", "({L})", "{L}. {T}", "The answer is {L}.", "The answer is {L}", "answer is {l}",
+                 "The correct answer is **{L}**. Here's why: it has {T} in it and more words", "{L} is the answer",
+                 "{L} is the answer because the picture shows it clearly", "I think the answer is {L} but {M} is close",
+                 "{T}", "{T}.", "It is {T}", "Option {L}: {T}", "{L} or {M}", "{L} {M}", "Answer: {L}", "{l}",
+                 "Sorry, I can't help with images of people yet. {L}", "Z", "Z.", "{L} Z", "{T} and {U}",
+                 "The image shows {T} clearly, so the best choice here would definitely be that one overall", ""]
+
+
+def mmbench_answers(choices: dict, rng: random.Random) -> list[str]:
+    letters, texts = list("ABCDEZ"), list(choices.values()) + ["nothing", "Apple", "CIRCLE"]
+    out = []
+    for template in MMB_TEMPLATES:
+        for _ in range(6):
+            letter, other = rng.choice(letters), rng.choice(letters)
+            out.append(template.format(L=letter, l=letter.lower(), M=other, T=rng.choice(texts), U=rng.choice(texts)))
+    for _ in range(500):
+        out.append(" ".join(rng.choice(MMB_TOKENS + texts) for _ in range(rng.randint(1, 12))))
+    return out
+
+
+def test_mmbench_matches_vlmevalkit_e8e78f05_on_generated_answers():
+    rng, compared, disagreements = random.Random(0), 0, []
+    for choices in MMB_CHOICES:
+        for response in mmbench_answers(choices, rng):
+            expected = ref.can_infer(response, dict(choices)) or None
+            got = mmbench.parse(response, dict(choices))
+            if got != expected:
+                disagreements.append((choices, response, got, expected))
+            for answer in choices:
+                doc = {"index": 5, "question": "q", "hint": None, "answer": answer, "category": "c", **choices}
+                item = {"prediction": response, "GT": answer, **choices}
+                assert mmbench.score(doc, response)["score"] == ref.mcq_vanilla_eval_exact_matching([item]) / 100
+            compared += 1
+    assert not disagreements, disagreements[:5]
+    assert compared > 3000
+
+
+@pytest.mark.parametrize("response, parsed", [
+    ("A", "A"), ("A.", "A"), ("(C)", "C"), ("Answer: B", "B"), ("The answer is D.", "D"), ("**B**", "B"),
+    ("A is the answer", "A"),                                     # A is the 1st of 4 words: among the last four
+    ("A is the answer because it is red", None),                  # 1st of 8 words: too early, no other rule
+    ("A is the answer because of the apple", "A"),                # too early, but the text "apple" alone matches
+    ("I think it is B", "B"), ("The correct answer is **c**", "C"),  # "answer is" pattern, any case
+    ("answer is b because the long explanation goes on", "B"),
+    ("cherry", "C"), ("Cherry!", "C"), ("pie", "D"),              # option text instead of the letter
+    ("banana pie", None),                                         # both "banana pie" and "pie" appear in it
+    ("cherry " * 10, None),                                       # longer than 2 x the option texts (2 x 27)
+    ("A or B", None), ("I don't know", None), ("", None),
+    ("Z", "Z"), ("Cannot determine the answer", "Z"), ("Sorry, I can't help with images of people yet. A", "Z"),
+    ("Failed to obtain answer via API", None), ("E", None),       # E: not an option here
+])
+def test_mmbench_parse_official_cases(response, parsed):
+    choices = {"A": "apple", "B": "banana pie", "C": "cherry", "D": "pie"}
+    assert mmbench.parse(response, choices) == parsed
+    assert (ref.can_infer(response, dict(choices)) or None) == parsed
+
+
+def circular_rows(rng: random.Random, n_groups: int) -> list[dict]:
+    """Groups with a random subset of their rotations (original sometimes missing), random responses."""
+    rows = []
+    for group in range(n_groups):
+        options = ["red", "green", "blue", "pink"][: rng.randint(2, 4)]
+        for k in range(len(options)):
+            if rng.random() < 0.25:
+                continue
+            rotated = options[k:] + options[:k]
+            choices = dict(zip("ABCD", rotated))
+            answer = "ABCD"[rotated.index(options[0])]
+            response = rng.choice([answer, answer, answer, rng.choice("ABCD"), rotated[0], "I don't know", answer + "."])
+            rows.append({"index": group + k * 1_000_000, "answer": answer, "response": response, "choices": choices})
+    rng.shuffle(rows)
+    return rows
+
+
+def test_mmbench_circular_matches_vlmevalkit_on_generated_sets():
+    rng, compared = random.Random(1), 0
+    for _ in range(300):
+        rows = circular_rows(rng, rng.randint(1, 8))
+        if not any(r["index"] < 1_000_000 for r in rows):
+            continue
+        records = [mmbench.score({"index": r["index"], "question": "q", "answer": r["answer"], **r["choices"]}, r["response"])
+                   for r in rows]
+        data = [{"index": r["index"], "prediction": r["response"], "GT": r["answer"], **r["choices"]} for r in rows]
+        assert mmbench.circular_accuracy(records) == pytest.approx(ref.mcq_circular_eval_exact_matching(data))
+        originals = [d for d in data if d["index"] < 1_000_000]
+        assert mmbench.single_accuracy(records) == pytest.approx(ref.mcq_vanilla_eval_exact_matching(originals))
+        compared += 1
+    assert compared > 250
+
+
+def test_mmbench_circular_leaves_out_groups_without_their_original():
+    def rec(index, right):
+        return {"group": index % 1_000_000, "copy": index >= 1_000_000, "score": float(right)}
+
+    records = [rec(0, 1), rec(1_000_000, 1),                  # question 0: right in both rotations
+               rec(1, 1), rec(1_000_001, 0),                  # question 1: one rotation wrong
+               rec(2, 1),                                     # question 2: right (its copies not run)
+               rec(3, 0), rec(1_000_003, 1),                  # question 3: original wrong
+               rec(1_000_004, 1), rec(2_000_004, 1)]          # question 4: copies only -> not counted
+    assert mmbench.circular_accuracy(records) == 50.0         # counting question 4 gave 3 of 5 = 60.0
+    assert mmbench.single_accuracy(records) == 75.0

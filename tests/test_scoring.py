@@ -148,6 +148,8 @@ CHOICES = {"A": "apple", "B": "banana pie", "C": "cherry", "D": "pie"}
     ("pie", "D"),                                     # only option D's text occurs in "pie"
     ("banana pie", None),                             # both "banana pie" and "pie" appear in it
     ("A or B", None), ("I don't know", None),         # two letters / nothing
+    ("B is right, the others are not", None),         # the letter is not among the last four words
+    ("Cannot determine the answer", "Z"),             # refusal: "Z", wrong
 ])
 def test_mmbench_parse(response, parsed):
     assert mmbench.parse(response, CHOICES) == parsed
