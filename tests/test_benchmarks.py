@@ -54,9 +54,20 @@ def test_mmbench_circular(tasks):
     assert metrics == {"circular_accuracy": pytest.approx(50.0), "single_accuracy": pytest.approx(100.0)}
 
 
+def test_mmbench_circular_counts_only_questions_whose_original_ran(tasks):
+    # question 0's three rotated copies (right) without its original; question 1's original (right) and copy (wrong)
+    task = tasks["mmbench_en_dev"]
+    docs = task.test_docs()
+    records = [task.process_results(docs[i], [r])["circular_accuracy"] for i, r in zip([1, 2, 3, 4, 5], "DCBAA")]
+    assert task.aggregation()["circular_accuracy"](records) == 0.0  # question 0 counted too gave 50.0
+    assert task.aggregation()["single_accuracy"](records) == 100.0
+
+
 def test_scienceqa(tasks):
     # answers B, C, B; "C." fails LLaVA's parser
     assert score(tasks["scienceqa_img"], ["B", "C.", "The answer is B."]) == {"accuracy": pytest.approx(200 / 3)}
+    # "B\ncircle" (no ". " after the letter) and "The answer is B" (nothing after the letter) fail too
+    assert score(tasks["scienceqa_img"], ["B\ncircle", "C", "The answer is A"]) == {"accuracy": pytest.approx(100 / 3)}
 
 
 def test_textvqa(tasks):
@@ -68,6 +79,30 @@ def test_vqav2(tasks):
     # "One" -> 1 (9 of 10 after normalising "one"): 1; "Blue.": 1; "no" (1 of 10): 9 subsets x 1/3 / 10 = 0.3
     assert score(tasks["vqav2_val"], ["One", "Blue.", "no"]) == {"vqa_accuracy": pytest.approx(100 * 2.3 / 3)}
     assert score(tasks["vqav2_testdev"], ["One", "two"]) == {"submitted": 2.0}
+
+
+def test_vqav2_testdev_submission_lists_every_question(tmp_path):
+    """LLaVA's convert_vqav2_for_submission.py: every question of the list, "" where there is no answer."""
+    import json
+
+    from harness.scoring.vqa import write_submission
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    samples = [{"task": "vqav2_testdev", "doc_id": 0, "response": "Two.", "error": None, "question_id": 11,
+                "scores": {"pred": "2", "question_id": 11}},
+               {"task": "vqav2_testdev", "doc_id": 1, "response": "", "error": "RuntimeError: out of memory",
+                "question_id": 12},
+               {"task": "vqav2_val", "doc_id": 0, "response": "x", "error": None, "scores": {"pred": "x", "question_id": 5}}]
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    answers = json.loads(write_submission(run_dir, questions=[13, 11, 12]).read_text())
+    assert answers == [{"question_id": 13, "answer": ""}, {"question_id": 11, "answer": "2"},
+                       {"question_id": 12, "answer": ""}]
+    (tmp_path / "questions.json").write_text(json.dumps({"questions": [{"question_id": 12}, {"question_id": 11}]}))
+    answers = json.loads(write_submission(run_dir, questions=tmp_path / "questions.json").read_text())
+    assert answers == [{"question_id": 12, "answer": ""}, {"question_id": 11, "answer": "2"}]
+    with pytest.raises(ValueError, match="results.json is missing"):
+        write_submission(run_dir)  # the split's questions come from the run's recorded data
 
 
 def test_seedbench(tasks):
@@ -94,11 +129,12 @@ def test_every_task_end_to_end_through_the_leaderboard(tmp_path):
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    expected = {"mmbench_en_dev": ("circular_accuracy", "mmbench_circular_exact"),
-                "mmbench_cn_dev": ("circular_accuracy", "mmbench_circular_exact"),
-                "scienceqa_img": ("accuracy", "llava_eval_science_qa"), "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"),
-                "textvqa_val_no_ocr": ("vqa_accuracy", "llava_m4c_textvqa"), "vqav2_val": ("vqa_accuracy", "vqa_eval_server"),
-                "vqav2_testdev": ("submitted", "vqa_eval_server"), "seedbench_img": ("seed_image", "llava_seed_exact")}
+    expected = {"mmbench_en_dev": ("circular_accuracy", "vlmevalkit_e8e78f05_exact_matching"),
+                "mmbench_cn_dev": ("circular_accuracy", "vlmevalkit_e8e78f05_exact_matching"),
+                "scienceqa_img": ("accuracy", "llava_eval_science_qa_c121f04"),
+                "textvqa_val": ("vqa_accuracy", "llava_m4c_textvqa"), "textvqa_val_no_ocr": ("vqa_accuracy", "llava_m4c_textvqa"),
+                "vqav2_val": ("vqa_accuracy", "vqaEval_py_a013f00"), "vqav2_testdev": ("submitted", "llava_vqav2_submission"),
+                "seedbench_img": ("seed_image", "llava_seed_exact")}
     for task, (metric, scorer) in expected.items():
         entry = results["tasks"][task]
         assert (entry["n"], entry["n_failed"], entry["scorer"]) == (1, 0, scorer), task
@@ -115,5 +151,7 @@ def test_every_task_end_to_end_through_the_leaderboard(tmp_path):
                    "SEED-IMG", "Avg"):
         assert f" {column} |" in header, column
 
-    (answer,) = json.loads(write_submission(run_dir).read_text())  # the server's format
-    assert answer["question_id"] == 262148007 and isinstance(answer["answer"], str)
+    # the server's format, every question of the split: the one left out by limit=1 with ""
+    first, second = json.loads(write_submission(run_dir).read_text())
+    assert first["question_id"] == 262148007 and isinstance(first["answer"], str)
+    assert second == {"question_id": 262149007, "answer": ""}

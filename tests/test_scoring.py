@@ -115,9 +115,11 @@ def test_vqav2_server_rule():
 # ---------------------------------------------------------------- multiple choice
 
 @pytest.mark.parametrize("response, parsed", [
-    ("B", "B"), (" B ", "B"), ("B. cat", "B"), ("The answer is C.", "C"), ("The answer is C", "C"),
+    ("B", "B"), (" B ", "B"), ("B. cat", "B"), ("The answer is C.", "C"),
+    ("The answer is C", None),                       # `The answer is ([A-Z]).` needs a character after the letter
+    ("The answer is A. The answer is A.", None),     # two matches fail
     ("B.", None), ("(B)", None), ("cat", None), ("b", None), ("D", None),  # D: not an option of this question
-    ("B\nbecause", "B"),  # newline -> ". " -> "B. because"
+    ("B\nbecause", None),                            # newlines are not rewritten: "B\nb" is not "B. "
 ])
 def test_scienceqa_parse(response, parsed):
     assert scienceqa.parse(response, n_choices=3) == parsed
@@ -129,6 +131,14 @@ def test_scienceqa_score():
     assert scienceqa.score(doc, "B.")["score"] == 0.0
 
 
+def test_scienceqa_crafted_answers():
+    # LLaVA main's rule: "B\ncircle" and a final "The answer is B" fail; the unmerged 5200b75 rule took both
+    docs = [{"choices": ["dog", "cat", "cow"], "answer": a} for a in (1, 2, 1)]
+    records = [scienceqa.score(d, r) for d, r in zip(docs, ["B\ncircle", "C", "The answer is B"])]
+    assert [r["score"] for r in records] == [0.0, 1.0, 0.0]
+    assert scienceqa.accuracy(records) == pytest.approx(100 / 3)  # 100.0 under the 5200b75 rule
+
+
 CHOICES = {"A": "apple", "B": "banana pie", "C": "cherry", "D": "pie"}
 
 
@@ -138,6 +148,8 @@ CHOICES = {"A": "apple", "B": "banana pie", "C": "cherry", "D": "pie"}
     ("pie", "D"),                                     # only option D's text occurs in "pie"
     ("banana pie", None),                             # both "banana pie" and "pie" appear in it
     ("A or B", None), ("I don't know", None),         # two letters / nothing
+    ("B is right, the others are not", None),         # the letter is not among the last four words
+    ("Cannot determine the answer", "Z"),             # refusal: "Z", wrong
 ])
 def test_mmbench_parse(response, parsed):
     assert mmbench.parse(response, CHOICES) == parsed
@@ -172,5 +184,6 @@ def test_every_task_has_one_scorer():
     assert scorer_for("shapes_pope_random") is scorer_for("pope_adversarial") is pope.SCORER
     assert scorer_for("shapes_mme") is scorer_for("mme") is mme.SCORER
     assert scorer_for("mmbench_cn_dev") is mmbench.SCORER and scorer_for("textvqa_val_no_ocr") is vqa.TEXTVQA_SCORER
-    assert scorer_for("vqav2_testdev") is vqa.VQAV2_SCORER and scorer_for("seedbench_img") is seedbench.SCORER
+    assert scorer_for("vqav2_val") is vqa.VQAV2_SCORER and scorer_for("vqav2_testdev") is vqa.VQAV2_TESTDEV_SCORER
+    assert scorer_for("seedbench_img") is seedbench.SCORER
     assert scorer_for("unknown_task") is None

@@ -43,7 +43,7 @@ def scorer_for(task: str) -> Scorer | None:
         "mmbench": mmbench.SCORER,
         "scienceqa": scienceqa.SCORER,
         "textvqa": vqa.TEXTVQA_SCORER,
-        "vqav2": vqa.VQAV2_SCORER,
+        "vqav2": vqa.VQAV2_SCORER, "vqav2_testdev": vqa.VQAV2_TESTDEV_SCORER,
         "seedbench": seedbench.SCORER,
     }
     keys = [key for key in table if task == key or task.startswith(key + "_")]
