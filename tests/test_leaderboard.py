@@ -48,7 +48,7 @@ DIFFICULT = {"vanilla": (100.0, 13), "adaptinfer": (100.0, 13), "fastv": (100 * 
 
 
 def write_run(run_dir: Path, method: str, budget: int, spec: dict, data: dict, finished: str = "2026-11-25T10:00:00+00:00",
-              scores: tuple | None = None) -> None:
+              scores: tuple | None = None, batch_size: int = 1) -> None:
     run_dir.mkdir(parents=True)
     records = []
     for doc_id in range(10):
@@ -77,7 +77,7 @@ def write_run(run_dir: Path, method: str, budget: int, spec: dict, data: dict, f
         "tasks": tasks, "tokens": tokens,
         "latency_ms": {"prefill": {"mean": spec["prefill"], "p50": spec["prefill"], "p90": spec["prefill"]}},
         "flops": {"prefill_tflops": 1.0, "vanilla_prefill_tflops": 1.0, "reduction": spec["reduction"]},
-        "config": {"tasks": {"names": ["gqa", "mme", "pope"], "data": data}},
+        "config": {"tasks": {"names": ["gqa", "mme", "pope"], "data": data}, "batch_size": batch_size},
         "started_at": finished, "finished_at": finished,
     }
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -85,7 +85,7 @@ def write_run(run_dir: Path, method: str, budget: int, spec: dict, data: dict, f
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
-    """vanilla, fastv/adaptinfer/pool at 64, blind, and an older vanilla (must be ignored)."""
+    """vanilla, fastv/adaptinfer/pool at 64, blind, and a newer vanilla at batch 8 (must be ignored)."""
     from datasets import Dataset, DatasetDict
 
     root = tmp_path_factory.mktemp("handmade")
@@ -96,8 +96,8 @@ def runs_dir(tmp_path_factory) -> Path:
     sweep = root / "sweep"
     for method, spec in RUNS.items():
         write_run(sweep / f"{method}-64", method, 64, spec, data)
-    write_run(root / "old" / "vanilla-128", "vanilla", 128, RUNS["vanilla"], data,
-              finished="2026-11-24T10:00:00+00:00", scores=(10.0, 10.0, 10.0))
+    write_run(root / "b8" / "vanilla-128-b8", "vanilla", 128, RUNS["vanilla"], data,
+              finished="2026-11-26T10:00:00+00:00", scores=(10.0, 10.0, 10.0), batch_size=8)
     return root
 
 
@@ -115,7 +115,8 @@ def markdown_rows(text: str) -> dict[str, list[str]]:
 def test_markdown_columns_avg_speedup_difficult_and_ci(runs_dir, capsys):
     code, out, err = run_cli([runs_dir, "--bootstrap", "200"], capsys)
     assert code == 0, err
-    assert "2 runs of vanilla" in err and "using the newest" in err  # the older vanilla is ignored
+    assert "2 runs of vanilla" in err and "vanilla-128-b8 (30 samples, batch 8)" in err  # batch 1 wins, newer or not
+    assert "then batch size 1 (latency is timed at batch 1)" in err and "then batch size 1" in out
     rows = markdown_rows(out)
     header = rows.pop("Method")
     assert header == ["Method", "Budget", "GQA", "MME P+C", "POPE F1", "Avg", "Difficult", "Tokens", "Tokens (paper)",
@@ -271,7 +272,7 @@ def test_a_newer_partial_run_never_shadows_a_complete_one_and_failures_are_flagg
     col = {name: i for i, name in enumerate(header)}
     expected = markdown_rows(run_cli([runs_dir, "--bootstrap", "0"], capsys)[1])
     assert rows["fastv"][col["GQA"]] == expected["fastv"][col["GQA"]] != "100.0"  # the complete run's score
-    assert "the most complete (no limit, most samples), not the newest" in err and "limit=1" in err
+    assert "rule: most samples, then no limit" in err and "limit=1" in err
     assert rows["fastv"][col["n"]] == "30" and rows["vanilla"][col["n"]] == "30"
     assert rows["adaptinfer"][col["GQA"]].endswith("†") and rows["adaptinfer"][col["n"]] == "30 (3 failed)"
     assert not rows["fastv"][col["GQA"]].endswith("†") and "†: some samples" in out

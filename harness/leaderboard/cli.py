@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs.is_dir():
         print(f"error: runs dir {args.runs} is not a directory", file=sys.stderr)
         return 2
+    problem = _out_problem(args.out)
+    if problem:
+        print(f"error: --out {args.out} {problem} (allowed: a file path, e.g. --out docs/table.md; "
+              "missing parent dirs are created)", file=sys.stderr)
+        return 2
 
     notes = Notes()
     runs = find_runs(args.runs, notes)
@@ -45,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in notes.lines:
         print(f"note: {line}", file=sys.stderr)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        except OSError as err:
+            print(f"error: --out {args.out} cannot be written ({type(err).__name__}: {err.strerror or err})",
+                  file=sys.stderr)
+            return 2
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -58,3 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot(tables, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _out_problem(out: Path | None) -> str | None:
+    """Why `--out` cannot be the table's file (a directory, or below a file), else None."""
+    if out is None:
+        return None
+    if out.is_dir():
+        return "is a directory"
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"is below {parent}, which is a file"
+    return None

@@ -7,11 +7,12 @@ import io
 
 from harness.leaderboard.benchmarks import BENCHMARKS, PUBLISHED_TOLERANCE
 from harness.leaderboard.bootstrap import CI_LEVEL
-from harness.leaderboard.runs import sort_key
+from harness.leaderboard.runs import CHOICE_RULE, extent, sort_key
 from harness.leaderboard.table import Row, Table
 
 MISSING = {"markdown": "—", "latex": "--", "csv": ""}
 FAILED_MARK = {"markdown": " †", "latex": "$^\\dagger$", "csv": ""}  # a benchmark cell with failed samples
+PARTIAL_MARK = {"markdown": " ‡", "latex": "$^\\ddagger$", "csv": ""}  # a score of a run with a limit
 
 
 def _signed(x: float, fmt: str) -> str:
@@ -36,16 +37,16 @@ def _cells(table: Table, row: Row, fmt: str) -> list[str]:
     cells = [run.method, missing if run.budget is None else _budget(run)]
     for bench in table.benchmarks:
         score, ci = row.scores[bench.name], row.ci.get(bench.name)
-        text = num(score)
+        text = num(score) + (PARTIAL_MARK[fmt] if score is not None and run.partial and not table.subset else "")
         if table.subset and row.difficult.get(bench.name):
             text += f" (n={row.difficult[bench.name][1]})"
         if ci is not None and score is not None:
             diff, low, high = ci
-            inner = f"{_signed(diff, fmt)} [{_signed(low, fmt)}, {_signed(high, fmt)}]"
+            inner = f"{_signed(diff, fmt)} [{_signed(low, fmt)}, {_signed(high, fmt)}]" + _paired_n(row.paired.get(bench.name), "; ")
             text += f" ({inner})" if fmt == "markdown" else f" {{\\scriptsize ({inner})}}"
         failed = run.n_samples(bench.tasks)[1]
         cells.append(text + (FAILED_MARK[fmt] if failed else ""))
-    cells.append(num(row.avg))
+    cells.append(num(row.avg) + (_paired_n(row.avg_basis, " (", ")") if row.avg is not None else ""))
     if not table.subset:
         hard = row.difficult.get("all")
         cells.append(missing if hard is None else f"{num(hard[0])} (n={hard[1]})")
@@ -53,13 +54,19 @@ def _cells(table: Table, row: Row, fmt: str) -> list[str]:
     if table.has_paper_tokens:
         cells.append(num(run.get("tokens", "avg_vision_tokens_paper")))
     cells.append(num(run.get("latency_ms", "prefill", "mean")))
-    cells.append(num(row.speedup, ".2f", "×" if fmt == "markdown" else "$\\times$"))
+    cells.append(num(row.speedup, ".2f", "×" if fmt == "markdown" else "$\\times$")
+                 + (_paired_n(row.latency, " (", ")") if row.speedup is not None else ""))
     reduction = run.get("flops", "reduction")
     cells.append(num(None if reduction is None else 100 * reduction, ".1f", "%" if fmt == "markdown" else "\\%"))
     n, failed = run.n_samples()
     limit = run.results.get("limit")
     cells.append(f"{n}" + (f" (limit {limit})" if limit is not None else "") + (f" ({failed} failed)" if failed else ""))
     return cells
+
+
+def _paired_n(paired, before: str, after: str = "") -> str:
+    """ "; n=12" for a comparison on fewer samples than one of the two runs ran (else "")."""
+    return "" if paired is None or paired.whole else f"{before}n={paired.n}{after}"
 
 
 def _header(table: Table, fmt: str) -> list[str]:
@@ -80,20 +87,36 @@ def _legend(table: Table, replicates: int) -> list[str]:
                      "wrong); n = their number.")
     else:
         if replicates > 0 and any(ci for row in table.rows for ci in row.ci.values()):
-            lines.append(f"Score (paired difference to {reference} [{CI_LEVEL:.0f}% CI], paired bootstrap over samples, "
+            lines.append(f"Score (Δ: paired difference to {reference} [{CI_LEVEL:.0f}% CI], paired bootstrap over samples, "
                          f"B={replicates}).")
         lines.append(f"Avg: mean over the benchmarks present ({', '.join(b.name for b in table.benchmarks)}) of score / "
                      f"{reference} score × 100. Difficult: accuracy on the samples "
                      f"{reference} answers correctly and {table.difficult_name} at the same budget does not (n = their "
                      "number). Tokens: realized mean image tokens per layer.")
+        lines.append(f"Scores and prefill ms are each run's own samples; Δ, Avg and Speedup compare a row with {reference} "
+                     "on the samples both ran (paired by task and doc_id, both scores recomputed there from samples.jsonl; "
+                     "a failed sample is a wrong answer).")
+        if any(not p.whole for row in table.rows for p in (*row.paired.values(), row.avg_basis, row.latency)
+               if p.refused is None):
+            lines.append(f"(n=N) after Δ, Avg or Speedup: on the N samples this run and {reference} both ran (both timed "
+                         "for Speedup), fewer than one of them ran; the score beside it is the run's own.")
+    if table.not_compared:
+        lines.append(f"Not compared with {reference} (—):")
+        lines += [f"- {line}" for line in table.not_compared]
+    duplicates = [row.run for row in table.rows if row.run.others]
+    if duplicates:
+        lines.append(f"Several runs of one method and budget: the row uses the one with {CHOICE_RULE}:")
+        lines += [f"- {run.method}" + (f" {run.budget}" if run.budget is not None else "") + f": {run.path} ({extent(run)}) "
+                  "over " + ", ".join(f"{o.path} ({extent(o)})" for o in run.others) for run in duplicates]
     if table.published:
         lines.append(f"{reference} vs the published LLaVA-1.5-7B numbers (a gap over {PUBLISHED_TOLERANCE} points is warned about):")
         lines += [f"- {line}" for line in table.published]
     if any(row.run.n_samples()[1] for row in table.rows):
         lines.append("†: some samples of this benchmark failed (n counts them; their `error` is in "
                      "samples.jsonl) and the score treats them as wrong answers.")
-    if any(row.run.results.get("limit") is not None for row in table.rows):
-        lines.append("n: samples of the run; (limit L): only the first L samples of each task ran, not the whole benchmark.")
+    if any(row.run.partial for row in table.rows):
+        lines.append(f"n: samples of the run; {'' if table.subset else '‡ and '}(limit L): a partial run, only the first L "
+                     "samples of each task ran: its scores are on those, not the whole benchmark.")
     if table.not_significant:
         lines.append("Not significantly different (the CI of the paired difference contains 0):")
         lines += [f"- {pair}" for pair in table.not_significant]
@@ -143,14 +166,20 @@ def _slug(name: str) -> str:
     return name.lower().replace("+", "").replace(" ", "_").replace("__", "_")
 
 
+def _n(paired) -> int | None:
+    """Samples a comparison was paired on (None when known only from results.json counts)."""
+    return paired.n if paired is not None and paired.n else None
+
+
 def to_csv(tables: list[Table], replicates: int) -> str:
     benchmarks = [b for b in BENCHMARKS if any(b in t.benchmarks for t in tables)]
     head = ["model", "tasks", "method", "budget"]
     for bench in benchmarks:
         slug = _slug(bench.name)
-        head += [slug, f"{slug}_diff", f"{slug}_ci_low", f"{slug}_ci_high", f"{slug}_difficult_acc", f"{slug}_difficult_n"]
-    head += ["avg", "difficult_acc", "difficult_n", "tokens", "tokens_paper", "prefill_ms", "speedup",
-             "flops_reduction_pct", "n", "n_failed", "limit", "run_dir"]
+        head += [slug, f"{slug}_diff", f"{slug}_ci_low", f"{slug}_ci_high", f"{slug}_paired_n", f"{slug}_difficult_acc",
+                 f"{slug}_difficult_n"]
+    head += ["avg", "avg_paired_n", "difficult_acc", "difficult_n", "tokens", "tokens_paper", "prefill_ms", "speedup",
+             "speedup_paired_n", "flops_reduction_pct", "n", "n_failed", "limit", "batch_size", "run_dir"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -161,12 +190,13 @@ def to_csv(tables: list[Table], replicates: int) -> str:
             for bench in benchmarks:
                 ci = row.ci.get(bench.name) or (None, None, None)
                 hard = row.difficult.get(bench.name) or (None, None)
-                values += [row.scores.get(bench.name), *ci, *hard]
+                values += [row.scores.get(bench.name), *ci, _n(row.paired.get(bench.name)), *hard]
             hard = row.difficult.get("all") or (None, None)
             reduction = run.get("flops", "reduction")
-            values += [row.avg, *hard, run.tokens(),
+            values += [row.avg, _n(row.avg_basis) if row.avg is not None else None, *hard, run.tokens(),
                        run.get("tokens", "avg_vision_tokens_paper"), run.get("latency_ms", "prefill", "mean"),
-                       row.speedup, None if reduction is None else 100 * reduction, *run.n_samples(),
-                       run.results.get("limit"), str(run.path)]
+                       row.speedup, _n(row.latency) if row.speedup is not None else None,
+                       None if reduction is None else 100 * reduction, *run.n_samples(),
+                       run.results.get("limit"), run.batch_size, str(run.path)]
             writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in values])
     return buffer.getvalue()

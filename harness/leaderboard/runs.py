@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from harness.leaderboard.benchmarks import Benchmark
-from harness.results import load_records
 
 # A method declares its role (harness.methods.base.FACTS) and results.json records it in `method_facts`:
 #   reference            Avg, speedup and the CIs are relative to its run (vanilla)
@@ -24,6 +23,9 @@ LEGACY_FACTS = {
     "pool": {"difficult_reference": True},
 }
 DEFAULT_NAMES = {"reference": "vanilla", "difficult_reference": "pool"}  # in the legend of a table without that run
+# Among runs of one model, suite, method and budget, the row uses the first by `choice_key`:
+CHOICE_RULE = ("most samples, then no limit, then fewest failed samples, then batch size 1 (latency is timed at "
+               "batch 1), then the first run dir in path order")
 
 
 class Notes:
@@ -45,6 +47,8 @@ class Run:
     path: Path
     results: dict
     scored: dict = field(default_factory=dict)  # benchmark name -> {(task, doc_id): scored sample} | None
+    others: list[Run] = field(default_factory=list)  # equivalent runs this one was chosen over (CHOICE_RULE)
+    damaged: str | None = None  # what was wrong with samples.jsonl (unreadable, or lines that are no record)
     _records: dict | None = None
 
     @property
@@ -57,6 +61,17 @@ class Run:
         if key in facts:
             return bool(facts[key])
         return LEGACY_FACTS.get(self.method, {}).get(key, False)
+
+    @property
+    def batch_size(self) -> int:
+        """The run's batch size (config `batch_size`, else `throughput.batch_size`; 1 when neither says)."""
+        value = (self.results.get("config") or {}).get("batch_size") or self.get("throughput", "batch_size")
+        return int(value or 1)
+
+    @property
+    def partial(self) -> bool:
+        """A run with a `limit`: only the first samples of each task ran."""
+        return self.results.get("limit") is not None
 
     @property
     def budget(self) -> int | None:
@@ -96,16 +111,42 @@ class Run:
             names = [t for t in names if not any(o.startswith(t + "_") for o in names)]
         return (sum(int(entries[t].get("n") or 0) for t in names), sum(int(entries[t].get("n_failed") or 0) for t in names))
 
-    def samples(self) -> dict[tuple[str, int], dict]:
-        """samples.jsonl as {(task, doc_id): record} (empty when the file is missing)."""
+    def samples(self, notes: Notes | None = None) -> dict[tuple[str, int], dict]:
+        """samples.jsonl as {(task, doc_id): record} (empty when the file is missing or unreadable).
+
+        A line that is not a record (damaged) is left out and `notes` names the file; a torn last line
+        (a killed run) is left out silently, as a resume does.
+        """
         if self._records is None:
-            self._records = load_records(self.path / "samples.jsonl")[0]
+            self._records, self.damaged = read_samples(self.path / "samples.jsonl")
+        if self.damaged and notes is not None:
+            notes.add(f"{self.path / 'samples.jsonl'}: {self.damaged}; the leaderboard uses the records it could read "
+                      "(comparisons with the reference only on those)")
         return self._records
 
 
+def read_samples(path: Path) -> tuple[dict[tuple[str, int], dict], str | None]:
+    """({(task, doc_id): record}, what was damaged or None) of a samples.jsonl (missing: empty, None)."""
+    try:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+    except OSError as err:
+        return {}, f"unreadable ({type(err).__name__}: {err})"
+    records, bad = {}, 0
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line.decode(errors="replace"))
+            records[(record["task"], record["doc_id"])] = record
+        except (ValueError, KeyError, TypeError) as err:
+            bad += not (i == len(lines) - 1 and isinstance(err, json.JSONDecodeError))  # a torn last line: no damage
+    return records, (f"{bad} damaged line(s) skipped" if bad else None)
+
+
 def find_runs(root: Path, notes: Notes) -> list[Run]:
-    """Every run below `root` with a readable results.json (newest `finished_at` per method/budget/model/suite)."""
-    newest: dict[tuple, list[Run]] = defaultdict(list)
+    """Every run below `root` with a readable results.json, one per model/suite/method/budget (`choice_key`).
+
+    A results.json that cannot be read (damaged, not a run's) is skipped with a note naming it.
+    """
+    groups: dict[tuple, list[Run]] = defaultdict(list)
     for path in sorted(root.rglob("results.json")):
         if any(part.startswith(".") for part in path.relative_to(root).parts[:-1]):
             continue  # .submitit, hidden temp dirs
@@ -113,34 +154,38 @@ def find_runs(root: Path, notes: Notes) -> list[Run]:
             results = json.loads(path.read_text())
             run = Run(path.parent, results)
             key = (run.results["model"], run.suite, run.method, run.budget)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            notes.add(f"skipped {path}: not a readable results.json ({type(err).__name__}: {err})")
+            if not isinstance(results.get("tasks", {}), dict):
+                raise TypeError(f"tasks is a {type(results['tasks']).__name__}, not a mapping")
+            choice_key(run)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            notes.add(f"skipped {path}: damaged or not a run's results.json ({type(err).__name__}: {err})")
             continue
-        newest[key].append(run)
+        groups[key].append(run)
     runs = []
-    for (model, _, method, budget), group in newest.items():
-        group.sort(key=completeness)  # a run with a limit or fewer samples never shadows a complete one
-        chosen, newest_run = group[-1], max(group, key=lambda r: str(r.results.get("finished_at") or ""))
-        if len(group) > 1:
+    for (model, _, method, budget), group in groups.items():
+        chosen, *others = sorted(group, key=choice_key)
+        chosen.others = others
+        if others:
             why = f" ({method} ignores the budget)" if chosen.fact("ignores_budget") else ""
             where = "budget " + str(budget) if budget is not None else "any budget"
-            rule = "the newest" if chosen is newest_run else "the most complete (no limit, most samples), not the newest"
-            notes.add(f"{len(group)} runs of {method} at {where} for {model}{why}; using {rule}, "
-                      f"{chosen.path} ({_extent(chosen)}, finished {chosen.results.get('finished_at')}); ignoring "
-                      + ", ".join(f"{r.path} ({_extent(r)})" for r in group[:-1]))
+            notes.add(f"{len(group)} runs of {method} at {where} for {model}{why}; using {chosen.path} ({extent(chosen)}); "
+                      "ignoring " + ", ".join(f"{r.path} ({extent(r)})" for r in others) + f" (rule: {CHOICE_RULE})")
         runs.append(chosen)
     return runs
 
 
-def completeness(run: Run) -> tuple:
-    """Sort key: runs without a limit, then more samples, then newer."""
-    return (run.results.get("limit") is None, run.n_samples()[0], str(run.results.get("finished_at") or ""))
+def choice_key(run: Run) -> tuple:
+    """Sort key among equivalent runs, the one used first: see CHOICE_RULE (never the time a run finished)."""
+    n, failed = run.n_samples()
+    return (-n, run.partial, failed, run.batch_size != 1, str(run.path))
 
 
-def _extent(run: Run) -> str:
+def extent(run: Run) -> str:
+    """ "380 samples, limit=12, 3 failed, batch 8" (the parts that apply)."""
     n, failed = run.n_samples()
     limit = run.results.get("limit")
-    return f"{n} samples" + (f", limit={limit}" if limit is not None else "") + (f", {failed} failed" if failed else "")
+    return (f"{n} samples" + (f", limit={limit}" if limit is not None else "") + (f", {failed} failed" if failed else "")
+            + (f", batch {run.batch_size}" if run.batch_size != 1 else ""))
 
 
 def sort_key(run: Run) -> tuple:

@@ -1,4 +1,5 @@
-"""Per-sample scores: the score fields each sample stored, or (older samples) its task's own `process_results`."""
+"""Per-sample scores: the score fields each sample stored, or (older samples) its task's own `process_results`;
+a failed sample (its `error` set) is a wrong answer."""
 
 from __future__ import annotations
 
@@ -64,6 +65,57 @@ def score_unit(bench: Benchmark, fields: dict) -> dict:
     return out
 
 
+DOC_FIELDS = {"accuracy": (), "f1": ("label_yes",), "mme": ("image", "category"), "circular": ("group",)}  # a unit's doc
+
+
+def failed_unit(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
+    """A failed sample (`error` set) as a wrong answer (score 0), whatever its `scores` say: on POPE the
+    prediction opposite to the label. The doc's fields it lacks (it failed before its doc opened) are
+    filled by `fill_failed` from a run that has that doc."""
+    fields = record.get("scores") if isinstance(record.get("scores"), dict) else {}
+    unit = {"correct": False, "score": 0.0, "failed": True}
+    if bench.kind == "f1":
+        label = fields.get("label", record.get("target"))
+        if label is not None:
+            label_yes = str(label).lower().strip() == "yes"
+            unit.update(label_yes=label_yes, pred_yes=not label_yes)
+    elif bench.kind == "mme":
+        image, category = fields.get("image", (meta or {}).get("question_id")), fields.get("category", (meta or {}).get("category"))
+        if image is not None and category is not None:
+            unit.update(image=str(image), category=category)
+    elif bench.kind == "circular" and "group" in fields:
+        unit["group"] = fields["group"]
+    return unit
+
+
+def fill_failed(bench: Benchmark, runs_scored: list[dict | None]) -> list[tuple[str, int]]:
+    """Fill the doc fields (POPE label, MME image and category, MMBench group) that failed samples lack from
+    any run that has the doc, in place; failed samples no run can place are left out.
+
+    Returns:
+        The keys left out.
+    """
+    needed = DOC_FIELDS[bench.kind]
+    if not needed:
+        return []
+    known = {}
+    for scored in filter(None, runs_scored):
+        for key, unit in scored.items():
+            if key not in known and all(f in unit for f in needed):
+                known[key] = {f: unit[f] for f in needed}
+    dropped = []
+    for scored in filter(None, runs_scored):
+        for key in [k for k, unit in scored.items() if not all(f in unit for f in needed)]:
+            if key in known:
+                scored[key].update(known[key])
+                if bench.kind == "f1":
+                    scored[key]["pred_yes"] = not scored[key]["label_yes"]
+            else:
+                del scored[key]
+                dropped.append(key)
+    return sorted(set(dropped))
+
+
 def score_sample(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
     """One sample: its stored score fields, or (older samples.jsonl without them) scored again by
     its task's `process_results` from the target and response (GQA, MME, POPE only).
@@ -90,12 +142,17 @@ def scored_samples(run: Run, bench: Benchmark, notes: Notes) -> dict[tuple[str, 
     """{(task, doc_id): scored unit} of a run's samples in this benchmark (None when they cannot be scored)."""
     if bench.name in run.scored:
         return run.scored[bench.name]
-    mine = {key: r for key, r in run.samples().items() if r["task"] in bench.tasks and r.get("target") is not None}
+    mine = {key: r for key, r in run.samples(notes).items()
+            if r["task"] in bench.tasks and (r.get("target") is not None or r.get("error") is not None)}
     if not mine and run.score(bench) is not None:
-        notes.add(f"{run.path}: no {bench.name} samples in samples.jsonl, so its CI and difficult-subset cells show —")
+        notes.add(f"{run.path}: no {bench.name} samples in samples.jsonl, so its CI and difficult-subset cells show — "
+                  "(and it is paired with the reference only by results.json's sample counts)")
     scored, metas = {}, {}
     try:
         for (task, doc_id), record in sorted(mine.items()):
+            if record.get("error") is not None:  # a wrong answer; its doc fields from the record, or `fill_failed`
+                scored[(task, doc_id)] = failed_unit(bench, record, _record_meta(record))
+                continue
             meta = None
             if bench.kind == "mme" and not record.get("scores"):
                 meta = _record_meta(record)

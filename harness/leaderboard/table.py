@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from harness.leaderboard.benchmarks import (
     BENCHMARKS,
     PUBLISHED,
@@ -15,18 +13,22 @@ from harness.leaderboard.benchmarks import (
     Benchmark,
 )
 from harness.leaderboard.bootstrap import PairedBootstrap
+from harness.leaderboard.pairing import Paired, average, pair_latency, pair_scores
 from harness.leaderboard.runs import Notes, Run, role_name, sort_key
-from harness.leaderboard.scores import scored_samples
+from harness.leaderboard.scores import fill_failed, scored_samples
 
 
 @dataclass
 class Row:
     run: Run
-    scores: dict[str, float | None]                                  # benchmark -> score
+    scores: dict[str, float | None]                                  # benchmark -> score (the run's own samples)
     ci: dict[str, tuple[float, float, float] | None]                  # benchmark -> (diff, low, high) vs the reference
     difficult: dict[str, tuple[float, int] | None]                   # benchmark or "all" -> (accuracy, n)
     avg: float | None = None
     speedup: float | None = None
+    paired: dict[str, Paired] = field(default_factory=dict)          # benchmark -> both scores on the shared samples
+    avg_basis: Paired = field(default_factory=Paired)                 # the samples Avg rests on (n, whole)
+    latency: Paired = field(default_factory=Paired)                   # both prefill means on the samples both timed
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Table:
     difficult_name: str = "pool"              # the method whose wrong answers define the difficult subset
     not_significant: list[str] = field(default_factory=list)  # "budget 64, GQA: fastv ~ random"
     published: list[str] = field(default_factory=list)        # vanilla vs the published LLaVA-1.5-7B numbers
+    not_compared: list[str] = field(default_factory=list)     # "fastv 64: Avg —: <why>" (a dash in the table)
 
     @property
     def title(self) -> str:
@@ -77,6 +80,13 @@ def build_table(model: str, suite: tuple[str, ...], runs: list[Run], subset: str
     def scored(run: Run, bench: Benchmark):
         return scored_samples(run, bench, notes)
 
+    per_sample = vanilla is not None or bootstrap.replicates > 0 or any(r.fact("difficult_reference") for r in runs)
+    for bench in benchmarks if per_sample else []:  # failed samples: wrong answers, with their doc's fields
+        left_out = fill_failed(bench, [scored(run, bench) for run in runs])
+        if left_out:
+            notes.add(f"{where}: {len(left_out)} failed {bench.name} sample(s) that no run answered are left out of "
+                      f"the per-sample comparisons (e.g. {left_out[0]})")
+
     difficult_sets = difficult_subsets(runs, vanilla, benchmarks, scored, notes, where)
     unbudgeted = [r.method for r in runs if r.budget is None]
     if len(difficult_sets) > 1 and unbudgeted:
@@ -107,24 +117,43 @@ def build_table(model: str, suite: tuple[str, ...], runs: list[Run], subset: str
             scores = {b.name: run.score(b) for b in benchmarks}
         rows.append(Row(run, scores, ci, difficult))
 
+    not_compared = []
     if vanilla is not None:
         reference = next(r for r in rows if r.run is vanilla)
-        zero = [b.name for b in benchmarks if reference.scores[b.name] == 0]
-        if zero:
-            notes.add(f"{where}: Avg leaves out {', '.join(zero)} ({reference_name} scores 0 there)")
-        prefill = vanilla.get("latency_ms", "prefill", "mean")
         for row in rows:
-            ratios = [100.0 * row.scores[b.name] / reference.scores[b.name] for b in benchmarks
-                      if row.scores[b.name] is not None and reference.scores[b.name]]
-            row.avg = float(np.mean(ratios)) if ratios else None
-            mine = row.run.get("latency_ms", "prefill", "mean")
-            row.speedup = prefill / mine if prefill and mine else None
+            compare(row, reference, benchmarks, subset, scored, not_compared, notes, where)
 
-    table = Table(model, suite, benchmarks, rows, subset, reference_name, difficult_name)
+    table = Table(model, suite, benchmarks, rows, subset, reference_name, difficult_name, not_compared=not_compared)
     table.published = published_comparison(model, vanilla, notes, where)
     if bootstrap.replicates > 0:
         table.not_significant = not_significant_pairs(runs, benchmarks, scored, bootstrap)
     return table
+
+
+def compare(row: Row, reference: Row, benchmarks: list[Benchmark], subset: str | None, scored, not_compared: list[str],
+            notes: Notes, where: str) -> None:
+    """The row's Avg and speedup against the reference row, on the samples both ran (harness.leaderboard.pairing).
+
+    With `subset`, Avg is the ratio of the difficult-subset accuracies (the reference is right on every
+    difficult sample, so the ratio is on the row's own difficult samples).
+    """
+    run, name = row.run, f"{row.run.method}" + (f" {row.run.budget}" if row.run.budget is not None else "")
+    if subset:
+        row.paired = {b.name: Paired(row.scores[b.name], reference.scores[b.name]) for b in benchmarks}
+    else:
+        row.paired = {b.name: pair_scores(b, run, reference.run, scored(run, b), scored(reference.run, b))
+                      for b in benchmarks}
+    row.avg, row.avg_basis = average(list(row.paired.values()))
+    zero = [b for b, p in row.paired.items() if p.mine is not None and p.reference == 0]
+    if zero:
+        notes.add(f"{where}: Avg of {name} leaves out {', '.join(zero)} ({reference.run.method} scores 0 there"
+                  + (")" if subset or all(row.paired[b].whole for b in zero) else " on the samples both ran)"))
+    if row.avg_basis.refused:
+        not_compared.append(f"{name}: Avg —: {row.avg_basis.refused}")
+    row.latency = pair_latency(run, reference.run)
+    row.speedup = (row.latency.reference / row.latency.mine) if row.latency.mine and row.latency.reference else None
+    if row.latency.refused:
+        not_compared.append(f"{name}: speedup —: {row.latency.refused}")
 
 
 def published_comparison(model: str, vanilla: Run | None, notes: Notes, where: str) -> list[str]:
