@@ -130,6 +130,19 @@ def test_circular_bootstrap_groups_rotations():
     assert -100.0 <= low <= diff <= high <= 0.0
 
 
+def test_circular_bootstrap_leaves_out_rotations_without_their_original():
+    bench = BENCH["MMB"]
+    # question 0 (original + copy, right), question 1 (its copy only, wrong), question 2 (original only, wrong)
+    fields = [(0, False, 1.0), (0, True, 1.0), (1, True, 0.0), (2, False, 0.0)]
+    units = {("mmbench_en_dev", i): lb.score_unit(bench, {"score": score, "group": group, "copy": copy})
+             for i, (group, copy, score) in enumerate(fields)}
+    strata = lb.layout(bench, units, set(units))
+    assert [len(unit) for unit in strata[0].units] == [2, 1]  # question 1 is not counted, as VLMEvalKit
+    diff, _, _ = lb.PairedBootstrap(50, seed=0).difference(bench, units, units)
+    point = lb.replicate_scores(bench, strata, units, 1, 0)[0]
+    assert point == pytest.approx(50.0) and diff == 0.0
+
+
 def _per_replicate(sizes, B, seed):
     """lb.resample_indices' draws, one replicate at a time."""
     for chunk in lb.resample_indices(sizes, B, seed):

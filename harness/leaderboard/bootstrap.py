@@ -49,11 +49,12 @@ def layout(bench: Benchmark, scored: dict, keys: set) -> list[Stratum]:
         mine = sorted(k for k in keys if k[0] == task)
         if not mine:
             continue
-        if bench.kind == "circular":  # a unit = every rotation of one question
+        if bench.kind == "circular":  # a unit = every rotation of one question whose original was evaluated
             groups: dict = defaultdict(list)
             for key in mine:
                 groups[scored[key]["group"]].append(key)
-            strata.append(Stratum(task, [groups[g] for g in sorted(groups)]))
+            originals = sorted(g for g, unit in groups.items() if any(not scored[k].get("copy") for k in unit))
+            strata.append(Stratum(task, [groups[g] for g in originals]))
             continue
         if bench.kind != "mme":
             strata.append(Stratum(task, [[k] for k in mine]))

@@ -61,7 +61,7 @@ def score_unit(bench: Benchmark, fields: dict) -> dict:
     elif bench.kind == "mme":
         out.update(image=str(fields["image"]), category=fields["category"])
     elif bench.kind == "circular":
-        out.update(group=fields["group"])
+        out.update(group=fields["group"], copy=bool(fields.get("copy", False)))
     return out
 
 
@@ -84,7 +84,7 @@ def failed_unit(bench: Benchmark, record: dict, meta: dict | None = None) -> dic
         if image is not None and category is not None:
             unit.update(image=str(image), category=category)
     elif bench.kind == "circular" and "group" in fields:
-        unit["group"] = fields["group"]
+        unit.update(group=fields["group"], copy=bool(fields.get("copy", False)))
     return unit
 
 
