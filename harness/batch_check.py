@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.methods import method_names
 from harness.results import write_report
+from harness.rundir import default_run_name
 
 ROOT = Path(__file__).parents[1]
 TIMING_FIELDS = ("prefill_ms", "decode_ms", "e2e_ms", "scoring_ms", "warmup", "batch")
@@ -73,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=ROOT, env=os.environ, check=True)
     runs = sweep / "tiny_llava_shapes" / "shapes"
-    tag = f"-b{args.batch_size}"
     report = {"batch_size": args.batch_size, "budget": args.budget, "limit": args.limit, "methods": {}}
     for method in methods:
-        one, many = runs / f"{method}-{args.budget}", runs / f"{method}-{args.budget}{tag}"
+        one, many = (runs / default_run_name(method, args.budget, size) for size in (1, args.batch_size))
         report["methods"][method] = compare_runs(one, many)
         thr = [json.loads((d / "results.json").read_text())["throughput"] for d in (one, many)]
         report["methods"][method]["samples_per_s"] = [t["samples_per_s"] for t in thr]

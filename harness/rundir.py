@@ -86,6 +86,12 @@ def run_name(target: str, method_name: str, budget, batch_size, overrides=(), mo
     return f"{name}+{tag}" if tag else name
 
 
+def default_run_name(method_name: str, budget, batch_size=1) -> str:
+    """The run dir name of a method at a budget with no other option given (a sweep's job varying only these)."""
+    target = OmegaConf.load(CONF / "method" / f"{method_name}.yaml")["_target_"]
+    return run_name(target, method_name, budget, batch_size)
+
+
 def option_tag(overrides: list[str], method_name: str, swept: set[str] | None = None) -> str:
     """`key=value,...` of the overrides that go into the run dir's name (all answer-changing ones, or with
     `swept` only those), sorted; hashed when long."""

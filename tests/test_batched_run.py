@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from harness.batch_check import batch_methods, main
+from harness.rundir import default_run_name
 
 
 def test_sweep_at_batch_8_matches_batch_1_for_every_method(tmp_path, monkeypatch):
@@ -25,7 +26,7 @@ def test_sweep_at_batch_8_matches_batch_1_for_every_method(tmp_path, monkeypatch
     for method, r in report["methods"].items():
         assert r["n"] == 24 and r["failed"] == 0, f"{method}: {r}"
         assert r["differences"] == [], f"{method}: {r['differences'][:5]}"
-        eight = sweep / "tiny_llava_shapes" / "shapes" / f"{method}-64-b8"
+        eight = sweep / "tiny_llava_shapes" / "shapes" / default_run_name(method, 64, 8)
         batched = [json.loads(line) for line in (eight / "samples.jsonl").read_text().splitlines()]
         assert all(rec["batch"]["size"] == 8 and rec["prefill_ms"] is None for rec in batched), method
         throughput = json.loads((eight / "results.json").read_text())["throughput"]
