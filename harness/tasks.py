@@ -19,6 +19,8 @@ from lmms_eval.tasks import TaskManager, get_task_dict
 from lmms_eval.utils import load_yaml_config
 from omegaconf import DictConfig, OmegaConf
 
+from harness.generated import read_marker
+
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
@@ -27,8 +29,8 @@ def data_locations(config, cache: str | Path | None = None) -> dict[str, str]:
     materialises the data (e.g. the shapes suite) and returns one.
 
     Every local location is opened once here. A damaged dataset that the harness generated (a file
-    truncated or deleted in the cache) is removed and generated again; a damaged one the user gave
-    is an error naming it.
+    truncated or deleted in the cache; its folder holds the marker of harness.generated) is removed and
+    generated again; a damaged one the user gave is an error naming it.
 
     Raises:
         ValueError: the cache dir is not writable (naming it and `PRUNEBENCH_CACHE`), or a given
@@ -40,7 +42,7 @@ def data_locations(config, cache: str | Path | None = None) -> dict[str, str]:
         if not Path(location).is_dir():
             continue
         problem = damage(location)
-        if problem and generated:
+        if problem and generated and read_marker(location) is not None:  # never a folder the harness did not create
             print(f"warning: the generated dataset {location} is damaged ({problem}); generating it again",
                   file=sys.stderr)
             shutil.rmtree(location)
