@@ -1,5 +1,6 @@
 """The user's data is never replaced: the fixture writer and the shapes suite replace only the folders they
-generated (a marker in each, or the previous version's own layout)."""
+generated (a marker in each, or the previous version's own layout), and a user dataset with a wrong schema
+is one error line naming the dataset, the split and the missing columns, before the model loads."""
 
 from __future__ import annotations
 
@@ -141,3 +142,86 @@ def test_a_shapes_dataset_of_the_previous_version_is_rebuilt_with_a_marker(tmp_p
     (paths["shapes_gqa"] / data.PREVIOUS_STAMP_FILE).write_text(json.dumps(old))  # what versions before wrote
     data.build_eval_data(tmp_path)
     assert read_marker(paths["shapes_gqa"]) == stamp and not (paths["shapes_gqa"] / data.PREVIOUS_STAMP_FILE).exists()
+
+
+# ---------------------------------------------------------------- a user dataset with a wrong schema
+
+def test_a_user_dataset_with_a_wrong_schema_is_one_error_line_before_the_model_loads(tmp_path):
+    pope = tmp_path / "pope"
+    DatasetDict({s: fixtures.to_dataset(fixtures.pope_rows(s), fixtures.POPE_FEATURES).rename_column("question", "text")
+                 for s in fixtures.POPE_SPLITS}).save_to_disk(pope)
+    run_dir = tmp_path / "run"
+    proc = run_cli(["model=tiny_random", "tasks=paper", "tasks.names=[pope_random]", f"tasks.data.pope={pope}",
+                    "method=fastv", "budget=64", "limit=2", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path / "cache")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert error_line(proc) == (
+        f"error: tasks.data.pope={str(pope)!r}: split 'random' of {pope} lacks the column(s) question that pope_random "
+        "reads (expected schema: columns id, question_id, question, answer, image_source, image, category; see the "
+        'header of tasks/pope_random.yaml: load_dataset("lmms-lab/POPE", "Full").save_to_disk("<dir>")  '
+        "(splits adversarial/popular/random))")
+    assert not run_dir.exists()
+
+
+def test_a_missing_split_a_lone_dataset_and_gqa_images_without_a_column_are_named(tmp_path):
+    from harness.tasks import task_specs
+
+    mme = tmp_path / "mme"
+    DatasetDict({"validation": fixtures.to_dataset(fixtures.mme_rows(), fixtures.MME_FEATURES)}).save_to_disk(mme)
+    with pytest.raises(ValueError, match=r"tasks.data.mme=.*: .*/mme has no split 'test' \(its splits: validation\) "
+                                         r"\(expected schema: columns question_id, image, question, answer, category;"):
+        task_specs(["mme"], {"mme": str(mme)})
+    lone = tmp_path / "lone"
+    fixtures.to_dataset(fixtures.mme_rows(), fixtures.MME_FEATURES).save_to_disk(lone)
+    with pytest.raises(ValueError, match=r"lone holds a Dataset saved alone, not a DatasetDict with split 'test'"):
+        task_specs(["mme"], {"mme": str(lone)})
+
+    gqa = Path(fixtures.write_fixtures(tmp_path / "fx")["gqa"])
+    images = gqa / fixtures.GQA_IMAGES_DIR
+    os.rename(images, tmp_path / "old-images")
+    renamed = DatasetDict.load_from_disk(str(tmp_path / "old-images"))["testdev"].rename_column("id", "image_id")
+    DatasetDict({"testdev": renamed}).save_to_disk(images)
+    with pytest.raises(ValueError, match=r"split 'testdev' of .*/gqa/testdev_balanced_images lacks the column\(s\) "
+                                         r"id that gqa reads \(expected schema: columns id, image;"):
+        task_specs(["gqa"], {"gqa": str(gqa)})
+
+
+def test_the_declared_columns_are_all_that_each_task_reads(tmp_path):
+    """Every task on its fixture cut down to the columns harness.tasks.COLUMNS declares for it: prompts, images
+    and scores come out, so a dataset that passes the check never fails on a missing column later."""
+    from harness.tasks import COLUMNS, _key_for, load_tasks, task_manager
+
+    full = fixtures.write_fixtures(tmp_path / "full")
+    manager = task_manager()
+    names = [n for n in manager.all_tasks if not n.startswith("shapes_") and manager.task_index[n]["type"] == "task"]
+    assert set(names) >= {"gqa", "mme", "pope_random", "mmbench_en_dev", "scienceqa_img", "textvqa_val", "vqav2_val",
+                          "vqav2_testdev", "seedbench_img"}
+    cut = {}
+    for name in names:
+        path = full[_key_for(name, full)]
+        keep = COLUMNS[_key_for(name, COLUMNS)]
+        saved = DatasetDict.load_from_disk(str(path))
+        out = tmp_path / "cut" / name
+        DatasetDict({s: d.select_columns([c for c in d.column_names if c in keep]) for s, d in saved.items()}
+                    ).save_to_disk(out)
+        if name == "gqa":
+            DatasetDict.load_from_disk(str(path / fixtures.GQA_IMAGES_DIR)).save_to_disk(out / fixtures.GQA_IMAGES_DIR)
+        cut[name] = str(out)
+    tasks = load_tasks(names, cut, manager)
+    for name in names:
+        task = tasks[name]
+        doc = task.test_docs()[0]
+        assert set(task.test_docs().column_names) == set(COLUMNS[_key_for(name, COLUMNS)]), name
+        assert task.doc_to_text(doc) and task.doc_to_visual(doc), name
+        assert task.process_results(doc, ["A"]), name
+
+
+def test_a_dataset_without_hub_columns_that_no_task_reads_still_runs(tmp_path):
+    from harness.tasks import task_specs
+
+    gqa = Path(fixtures.write_fixtures(tmp_path / "fx")["gqa"])
+    saved = DatasetDict.load_from_disk(str(gqa))
+    slim = tmp_path / "gqa"
+    DatasetDict({"testdev": saved["testdev"].remove_columns(["semantic", "semanticStr", "annotations"])}).save_to_disk(slim)
+    DatasetDict.load_from_disk(str(gqa / fixtures.GQA_IMAGES_DIR)).save_to_disk(slim / fixtures.GQA_IMAGES_DIR)
+    (spec,) = task_specs(["gqa"], {"gqa": str(slim)})
+    assert spec["dataset_path"] == str(slim)
