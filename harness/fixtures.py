@@ -2,7 +2,7 @@
 
     python -m harness.fixtures <out_dir>
 
-Writes three directories that `harness.tasks.load_tasks` accepts as local data locations
+Writes directories that `harness.tasks.load_tasks` accepts as local data locations
 (each saved with `save_to_disk`, as lmms-eval's `load_from_disk` path expects):
 
     <out_dir>/gqa/                              DatasetDict {testdev}: lmms-lab/GQA testdev_balanced_instructions
@@ -15,6 +15,10 @@ Writes three directories that `harness.tasks.load_tasks` accepts as local data l
     <out_dir>/vqav2/                            DatasetDict {validation, testdev}: lmms-lab/VQAv2
     <out_dir>/seedbench/                        DatasetDict {test}: lmms-lab/SEED-Bench (image and video rows)
 
+Each of these folders holds a `.prunebench-generated` marker (harness.generated). Only a folder with one (or
+as versions 1 and 2 left it, see `previous_version`) is ever replaced; a `gqa/`, `pope/`, ... of the user's
+in `out_dir` stops `write_fixtures` with an error naming it, before anything is written.
+
 Column names and feature types follow the hub datasets. The columns that tasks/utils.py reads
 (GQA id/imageId/question/answer + images id/image; all MME and POPE columns) are exact; GQA's
 annotation columns (isBalanced, groups, equivalent, types, annotations, semantic, semanticStr)
@@ -24,6 +28,7 @@ and LLaVA's scripts read, with the hub's feature types. Images are deterministic
 """
 
 import fcntl
+import functools
 import os
 import shutil
 import sys
@@ -33,6 +38,8 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from PIL import ImageDraw
+
+from harness.generated import read_marker, refuse_foreign, write_marker
 
 SIZE = 336
 COLORS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
@@ -328,6 +335,9 @@ def seedbench_rows() -> list[dict]:
 # ---------------------------------------------------------------- writing
 
 FIXTURES = ("gqa", "mme", "pope", "mmbench_en", "mmbench_cn", "scienceqa", "textvqa", "vqav2", "seedbench")
+VERSION = 3  # bump when the fixtures change: the copies an older version generated are replaced
+GENERATOR = "harness.fixtures"
+PREVIOUS_DONE = ("fixtures.done", "fixtures-2.done")  # what versions 1 and 2 wrote into out_dir (no markers)
 
 
 def to_dataset(rows: list[dict], features: Features) -> Dataset:
@@ -335,28 +345,98 @@ def to_dataset(rows: list[dict], features: Features) -> Dataset:
     return Dataset.from_list([{name: row[name] for name in features} for row in rows], features=features)
 
 
-def _complete(out: Path, done: Path) -> bool:
-    return done.exists() and all((out / name).is_dir() for name in FIXTURES)
+def specs() -> list[tuple[str, dict[str, tuple[list[dict], Features]]]]:
+    """(folder relative to out_dir, {split: (rows, features)}) of every fixture dataset, in writing order."""
+    questions, images = gqa_rows()
+    return [
+        ("gqa", {"testdev": (questions, GQA_INSTRUCTION_FEATURES)}),
+        (f"gqa/{GQA_IMAGES_DIR}", {"testdev": (images, GQA_IMAGE_FEATURES)}),
+        ("mme", {"test": (mme_rows(), MME_FEATURES)}),
+        ("pope", {s: (pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}),
+        *((f"mmbench_{lang}", {"dev": (mmbench_rows(lang), MMBENCH_FEATURES)}) for lang in MMBENCH_QUESTIONS),
+        ("scienceqa", {"test": (scienceqa_rows(), SCIENCEQA_FEATURES)}),
+        ("textvqa", {"validation": (textvqa_rows(), TEXTVQA_FEATURES)}),
+        ("vqav2", {s: (vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}),
+        ("seedbench", {"test": (seedbench_rows(), SEEDBENCH_FEATURES)}),
+    ]
+
+
+def marker(name: str) -> dict:
+    """The marker (harness.generated) of fixture `name` as this version writes it."""
+    return {"generator": GENERATOR, "dataset": name, "version": VERSION}
 
 
 def _write_all(out: Path) -> None:
-    """Every fixture dataset under `out` (a fresh directory)."""
-    questions, images = gqa_rows()
-    DatasetDict({"testdev": to_dataset(questions, GQA_INSTRUCTION_FEATURES)}).save_to_disk(out / "gqa")
-    DatasetDict({"testdev": to_dataset(images, GQA_IMAGE_FEATURES)}).save_to_disk(out / "gqa" / GQA_IMAGES_DIR)
-    DatasetDict({"test": to_dataset(mme_rows(), MME_FEATURES)}).save_to_disk(out / "mme")
-    DatasetDict({s: to_dataset(pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}).save_to_disk(out / "pope")
-    for lang in MMBENCH_QUESTIONS:
-        DatasetDict({"dev": to_dataset(mmbench_rows(lang), MMBENCH_FEATURES)}).save_to_disk(out / f"mmbench_{lang}")
-    DatasetDict({"test": to_dataset(scienceqa_rows(), SCIENCEQA_FEATURES)}).save_to_disk(out / "scienceqa")
-    DatasetDict({"validation": to_dataset(textvqa_rows(), TEXTVQA_FEATURES)}).save_to_disk(out / "textvqa")
-    DatasetDict({s: to_dataset(vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}).save_to_disk(
-        out / "vqav2")
-    DatasetDict({"test": to_dataset(seedbench_rows(), SEEDBENCH_FEATURES)}).save_to_disk(out / "seedbench")
+    """Every fixture dataset under `out` (a fresh directory), each with its marker."""
+    for folder, splits in specs():
+        parts = {split: to_dataset(rows, features) for split, (rows, features) in splits.items()}
+        DatasetDict(parts).save_to_disk(out / folder)
+    for name in FIXTURES:
+        write_marker(out / name, marker(name))
+
+
+@functools.cache
+def _layout() -> dict[str, dict[str, tuple[Features, int]]]:
+    """{folder: {split: (features, number of rows)}} of every fixture dataset."""
+    return {folder: {split: (features, len(rows)) for split, (rows, features) in splits.items()}
+            for folder, splits in specs()}
+
+
+def previous_version(out: Path, name: str) -> bool:
+    """True for `out/name` as fixture versions 1 and 2 left it (they wrote no marker): `out` holds their
+    completion file, and the folder holds exactly this fixture's saved datasets, nothing else (the files
+    `save_to_disk` writes, the same splits, features and row counts). A user's copy of the real benchmark
+    (thousands of rows) or a folder with any other file is not theirs."""
+    if not any((out / done).is_file() for done in PREVIOUS_DONE):
+        return False
+    import datasets
+
+    for folder, splits in _layout().items():
+        if folder.split("/")[0] != name:
+            continue
+        path = out / folder
+        nested = {GQA_IMAGES_DIR} if folder == "gqa" else set()
+        try:
+            if set(os.listdir(path)) != {"dataset_dict.json", *splits, *nested}:
+                return False
+            for split in splits:
+                files = set(os.listdir(path / split))
+                if not {"state.json", "dataset_info.json"} <= files or not all(
+                        f in ("state.json", "dataset_info.json") or (f.startswith("data-") and f.endswith(".arrow"))
+                        for f in files):
+                    return False
+            saved = datasets.load_from_disk(str(path))
+        except Exception:  # noqa: BLE001 - unreadable: not recognisably theirs
+            return False
+        if not isinstance(saved, DatasetDict) or set(saved) != set(splits):
+            return False
+        for split, (features, n_rows) in splits.items():
+            if saved[split].features != features or saved[split].num_rows != n_rows:
+                return False
+    return True
+
+
+def _states(out: Path) -> dict[str, str]:
+    """{name: "missing" | "current" | "outdated" | "foreign"} of every fixture folder under `out`."""
+    states = {}
+    for name in FIXTURES:
+        path = out / name
+        found = read_marker(path)
+        if not path.exists() and not path.is_symlink():
+            states[name] = "missing"
+        elif found is not None:
+            states[name] = "current" if found == marker(name) and path.is_dir() else "outdated"
+        else:
+            states[name] = "outdated" if previous_version(out, name) else "foreign"
+    return states
 
 
 def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
     """Write every fixture dataset (once; safe for parallel jobs sharing `out_dir`).
+
+    Only folders this writer generated are ever replaced (an older version's copy): each holds a marker
+    (harness.generated); a `gqa/`, `pope/`, ... folder without one is the user's and stops the call before
+    anything is written.
 
     Args:
         out_dir: Directory to write into (created if missing).
@@ -364,10 +444,14 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
     Returns:
         {name: dir} for every name in FIXTURES: the data locations to give `harness.tasks.load_tasks`
         (keys are task names or prefixes: "pope" covers pope_random, "mmbench_en" mmbench_en_dev).
+
+    Raises:
+        ValueError: a folder at a fixture's path was not generated here (naming it).
     """
     out = Path(out_dir)
-    done = out / "fixtures-2.done"  # the number changes when the fixtures do
-    if _complete(out, done):
+    states = _states(out)
+    refuse_foreign([out / n for n, state in states.items() if state == "foreign"], "tasks.data.out_dir", out)
+    if all(state == "current" for state in states.values()):
         return {name: out / name for name in FIXTURES}
     out.mkdir(parents=True, exist_ok=True)
     # One writer at a time (parallel jobs share the cache), and never in place: each dataset is written to a
@@ -375,16 +459,18 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
     # (that is a SIGBUS there) and a crash midway leaves no half dataset.
     with open(out / ".fixtures.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _complete(out, done):  # another process may have finished while this one waited
+        states = _states(out)  # another process may have finished while this one waited
+        refuse_foreign([out / n for n, state in states.items() if state == "foreign"], "tasks.data.out_dir", out)
+        if not all(state == "current" for state in states.values()):
             tmp = Path(tempfile.mkdtemp(prefix=".fixtures-", dir=out))
             try:
                 _write_all(tmp)
-                done.unlink(missing_ok=True)
                 for name in FIXTURES:
-                    if (out / name).exists():
+                    if states[name] != "missing":  # generated here (marker or a previous version's layout)
                         os.replace(out / name, tmp / f"old-{name}")  # unlinked with tmp: open maps stay valid
                     os.replace(tmp / name, out / name)
-                done.write_text("ok\n")
+                for done in PREVIOUS_DONE:
+                    (out / done).unlink(missing_ok=True)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return {name: out / name for name in FIXTURES}

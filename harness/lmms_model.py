@@ -3,7 +3,9 @@
 lmms-eval hands a simple model requests whose `args` are
 `(context, gen_kwargs, doc_to_visual, doc_id, task, split)`. Each finished sample is appended to
 samples.jsonl at once; a sample already there (a resumed run) is answered from it without running
-the model.
+the model, unless it failed: a failed sample runs again, and its new record supersedes the old one.
+A failed sample's response reaches the task hooks as `FAILED_RESPONSE` and its `scores` say
+`failed: true`, `score: 0` (harness.scoring: wrong on every benchmark).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from harness.generation import (
     sample_seed,
 )
 from harness.results import SampleLog
-from harness.scoring import scorer_for
+from harness.scoring import FAILED_RESPONSE, scorer_for
 from harness.timing import Clock, FirstLogits
 
 LOG = logging.getLogger("prunebench")
@@ -84,7 +86,7 @@ class PrunedLlava(lmms):
         for request in requests:
             task, doc_id = request.args[4], request.args[3]
             self.requested.append((task, doc_id))
-            if self.log.get(task, doc_id) is None:
+            if not self.log.done(task, doc_id):  # new, or failed before: (re)run it
                 todo.append(request)
         bar = tqdm(total=len(todo), desc="samples", unit="sample", dynamic_ncols=True)
         alone = len(todo) if self.batch_size == 1 else max(0, self.warmup + self.latency_samples - self.n_run)
@@ -96,17 +98,18 @@ class PrunedLlava(lmms):
                 self.log.append(record)
                 bar.update(1)
         bar.close()
-        return [self.log.get(r.args[4], r.args[3])["response"] for r in requests]
+        return [_response(self.log.get(r.args[4], r.args[3])) for r in requests]
 
     def run_one(self, context: str, gen_kwargs: dict, doc_to_visual, doc_id: int, task: str, split: str) -> dict:
         """Generate one answer; any failure is recorded in the sample's `error` and the run goes on."""
         record = {"task": task, "doc_id": doc_id, "target": None, "response": "", "error": None}
+        doc = None
         try:
             doc = self._open(record, split)
             record.update(self._generate(context, gen_kwargs, doc_to_visual(doc), task, doc_id))
             self._finish(record, doc)
         except Exception as exc:  # a bad sample must not stop the run
-            record["error"] = f"{type(exc).__name__}: {exc}"
+            _fail(record, doc, exc)
         record["warmup"] = self.n_run < self.warmup
         self.n_run += 1
         return record
@@ -183,11 +186,12 @@ class PrunedLlava(lmms):
             context, _, doc_to_visual, doc_id, task, split = request.args
             record = {"task": task, "doc_id": doc_id, "target": None, "response": "", "error": None, "warmup": False}
             records[(task, doc_id)] = record
+            doc = None
             try:
                 doc = self._open(record, split)
                 rows.append((request, record, doc, *self._prompt(context, doc_to_visual(doc))))
             except Exception as exc:  # a bad sample must not stop the run
-                record["error"] = f"{type(exc).__name__}: {exc}"
+                _fail(record, doc, exc)
         for has_image in (True, False):
             part = [row for row in rows if (row[4] is not None) == has_image]
             if part:
@@ -256,6 +260,19 @@ class PrunedLlava(lmms):
                     str(layer): len(ev.intersection(kept)) / len(ev) for layer, kept in st.kept.items()
                 }
         return record
+
+
+def _fail(record: dict, doc: dict | None, exc: Exception) -> None:
+    """Mark a record failed: its error, and score fields that count it wrong (`failed: true`, `score` 0)."""
+    record["error"] = f"{type(exc).__name__}: {exc}"
+    scorer = scorer_for(record["task"])
+    if scorer is not None:
+        record["scores"] = scorer.score_failed(doc)
+
+
+def _response(record: dict) -> str:
+    """What lmms-eval gets: the response, or FAILED_RESPONSE for a failed sample (its hooks score it 0)."""
+    return FAILED_RESPONSE if record["error"] is not None else record["response"]
 
 
 def _task_and_settings(request) -> tuple[str, str]:

@@ -132,6 +132,11 @@ class SampleLog:
     def get(self, task: str, doc_id: int) -> dict | None:
         return self.records.get((task, doc_id))
 
+    def done(self, task: str, doc_id: int) -> bool:
+        """True when the sample has a record without an error; a failed sample runs again on a rerun."""
+        record = self.records.get((task, doc_id))
+        return record is not None and record.get("error") is None
+
     def append(self, record: dict) -> None:
         if self._file is None:
             self._file = self.path.open("a")
@@ -147,6 +152,24 @@ class SampleLog:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def compact(self) -> None:
+        """One line per (task, doc_id): when a retried sample left its earlier record in the file (the later
+        line supersedes it for every reader), rewrite the file with the latest records (aside, then renamed in)."""
+        self.close()
+        if not self.path.exists() or len(self.path.read_text().splitlines()) == len(self.records):
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in self.records.values())
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def read_results(run_dir: str | Path) -> dict:

@@ -92,7 +92,7 @@ def _run(cfg: DictConfig, rd: RunDir, logger, method) -> dict:
             log_samples=False, distributed_executor_backend="torchrun", random_seed=cfg.seed,
             numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, verbosity="WARNING",
         )
-    log.close()
+    log.compact()  # closes it; one line per sample (a retried failed sample's new record replaces the old one)
     records = [log.get(task, doc_id) for task, doc_id in lm.requested]
     failed = sum(r["error"] is not None for r in records)
     if failed:

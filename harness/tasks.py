@@ -5,8 +5,10 @@
     simple_evaluate(model=lm, tasks=specs, task_manager=manager)    # or load_tasks(...) to inspect
 
 A data location is a hub id (the YAML default is the official one) or a local directory saved with
-`DatasetDict.save_to_disk` (see each YAML's header and harness/fixtures.py). lmms-eval 0.7.3 merges
-a task config dict `{"task": name, **overrides}` over the registered YAML, so nothing is edited on disk.
+`DatasetDict.save_to_disk` (see each YAML's header and harness/fixtures.py). A local directory must
+hold the task's split with the columns its hooks read (COLUMNS), else one error names what is missing,
+before the model loads. lmms-eval 0.7.3 merges a task config dict `{"task": name, **overrides}` over
+the registered YAML, so nothing is edited on disk.
 """
 
 import shutil
@@ -19,6 +21,8 @@ from lmms_eval.tasks import TaskManager, get_task_dict
 from lmms_eval.utils import load_yaml_config
 from omegaconf import DictConfig, OmegaConf
 
+from harness.generated import read_marker
+
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
@@ -27,8 +31,8 @@ def data_locations(config, cache: str | Path | None = None) -> dict[str, str]:
     materialises the data (e.g. the shapes suite) and returns one.
 
     Every local location is opened once here. A damaged dataset that the harness generated (a file
-    truncated or deleted in the cache) is removed and generated again; a damaged one the user gave
-    is an error naming it.
+    truncated or deleted in the cache; its folder holds the marker of harness.generated) is removed and
+    generated again; a damaged one the user gave is an error naming it.
 
     Raises:
         ValueError: the cache dir is not writable (naming it and `PRUNEBENCH_CACHE`), or a given
@@ -40,7 +44,7 @@ def data_locations(config, cache: str | Path | None = None) -> dict[str, str]:
         if not Path(location).is_dir():
             continue
         problem = damage(location)
-        if problem and generated:
+        if problem and generated and read_marker(location) is not None:  # never a folder the harness did not create
             print(f"warning: the generated dataset {location} is damaged ({problem}); generating it again",
                   file=sys.stderr)
             shutil.rmtree(location)
@@ -83,11 +87,18 @@ def task_manager(include_path: str | Path = TASKS_DIR) -> TaskManager:
     return TaskManager(include_path=str(include_path), include_defaults=False)
 
 
+def _key_for(name: str, table) -> str | None:
+    """`name` if it is a key of `table`, else the longest key that is a prefix of it ("pope" covers
+    "pope_random"), else None."""
+    keys = [key for key in table if name == key or name.startswith(key + "_")]
+    return max(keys, key=len) if keys else None
+
+
 def location_for(name: str, data: dict[str, str]) -> str | None:
     """The data location of task `name`: its own key in `data`, else the longest key that is a
     prefix of it ("pope" covers "pope_random"), else None (the YAML default)."""
-    keys = [key for key in data if name == key or name.startswith(key + "_")]
-    return data[max(keys, key=len)] if keys else None
+    key = _key_for(name, data)
+    return data[key] if key is not None else None
 
 
 def is_local(location: str) -> bool:
@@ -98,6 +109,106 @@ def is_local(location: str) -> bool:
     if location.startswith(("/", ".", "~")):
         raise FileNotFoundError(f"data location {location!r} is not a directory (give a local directory or a hub id)")
     return False
+
+
+# The columns each task reads from a doc (its hooks in tasks/*.py, harness.scoring, its YAML's
+# doc_to_target, the `image` column `lazy_images` re-types), by task name or prefix. A local dataset
+# lacking one is refused when it is located, before the model loads (`check_columns`).
+COLUMNS = {
+    "gqa": ("imageId", "question", "answer"),
+    "mme": ("question_id", "image", "question", "answer", "category"),
+    "pope": ("image", "question", "answer"),
+    "mmbench": ("index", "image", "question", "answer"),
+    "scienceqa": ("image", "question", "choices", "answer"),
+    "textvqa": ("question_id", "image", "question", "answers"),
+    "vqav2_val": ("question_id", "image", "question", "answers", "multiple_choice_answer"),
+    "vqav2_testdev": ("question_id", "image", "question"),
+    "seedbench": ("data_type", "image", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer",
+                  "question_type_id"),
+    "shapes_pope": ("image", "question", "answer"),
+    "shapes_gqa": ("image", "question", "answer"),
+    "shapes_mme": ("question_id", "image", "question", "answer", "category"),
+}
+GQA_IMAGE_COLUMNS = ("id", "image")  # <GQA dir>/testdev_balanced_images, split testdev (tasks/utils.py)
+
+
+def schema(name: str) -> list[str] | None:
+    """The columns of the schema task `name` expects: the hub dataset's, as harness/fixtures.py writes it
+    (the embedded suite's for shapes tasks); None for a task without one."""
+    from harness import fixtures
+
+    if name.startswith("shapes_"):
+        from harness.shapes.data import _features
+
+        return list(_features(name.split("_")[1]))
+    features = {"gqa": fixtures.GQA_INSTRUCTION_FEATURES, "mme": fixtures.MME_FEATURES, "pope": fixtures.POPE_FEATURES,
+                "mmbench": fixtures.MMBENCH_FEATURES, "scienceqa": fixtures.SCIENCEQA_FEATURES,
+                "textvqa": fixtures.TEXTVQA_FEATURES, "vqav2": fixtures.VQAV2_FEATURES,
+                "seedbench": fixtures.SEEDBENCH_FEATURES}
+    key = _key_for(name, features)
+    return list(features[key]) if key is not None else None
+
+
+def how_to_save(yaml_path: str | Path) -> str:
+    """What the header of a task YAML (or of the YAML it includes) says about saving a local copy."""
+    path = Path(yaml_path)
+    while True:
+        text = path.read_text().splitlines()
+        header = [line.lstrip("#").strip() for line in text if line.startswith("#")]
+        lines = [line.split("Local copy:", 1)[-1].strip() for line in header if "save_to_disk" in line]
+        if lines:
+            return "; ".join(lines)
+        include = next((line.split(":", 1)[1].strip() for line in text if line.startswith("include:")), None)
+        if include is None:
+            return ""
+        path = path.parent / include
+
+
+def check_columns(name: str, config: dict, location: str, key: str, yaml_path: str | Path) -> None:
+    """Refuse a local dataset without the split or a column that task `name` reads: one error naming the
+    dataset dir, the split, the missing columns and the expected schema (harness/fixtures.py, the YAML header).
+
+    Args:
+        name: the task. config: its YAML config. location: its local data directory.
+        key: the `tasks.data` key that gave `location`. yaml_path: the task's YAML (for its header).
+
+    Raises:
+        ValueError: the saved data is not a DatasetDict, lacks the task's split, or lacks columns of COLUMNS.
+    """
+    import datasets
+
+    columns_key = _key_for(name, COLUMNS)
+    if columns_key is None:
+        return
+    split = config.get("test_split")
+    wanted = [(Path(location), COLUMNS[columns_key], schema(name))]
+    if name == "gqa":  # its images are a second dataset inside the GQA dir (tasks/utils.py gqa_images)
+        from harness.fixtures import GQA_IMAGE_FEATURES, GQA_IMAGES_DIR
+
+        wanted.append((Path(location) / GQA_IMAGES_DIR, GQA_IMAGE_COLUMNS, list(GQA_IMAGE_FEATURES)))
+    for path, needed, expected in wanted:
+        problem = None
+        try:
+            saved = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            problem = f"{path} is missing"
+        except Exception as exc:  # noqa: BLE001 - unreadable: named with its cause
+            cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            problem = f"{path} cannot be read as a saved dataset ({cause})"
+        else:
+            if not isinstance(saved, datasets.DatasetDict):
+                problem = f"{path} holds a Dataset saved alone, not a DatasetDict with split {split!r}"
+            elif split not in saved:
+                problem = f"{path} has no split {split!r} (its splits: {', '.join(saved)})"
+            else:
+                missing = [c for c in needed if c not in saved[split].column_names]
+                if missing:
+                    problem = f"split {split!r} of {path} lacks the column(s) {', '.join(missing)} that {name} reads"
+        if problem:
+            save = how_to_save(yaml_path)
+            raise ValueError(f"tasks.data.{key}={location!r}: {problem} (expected schema: columns "
+                             f"{', '.join(expected or needed)}; see the header of tasks/{Path(yaml_path).name}"
+                             f"{': ' + save if save else ''})")
 
 
 def data_overrides(config: dict, location: str) -> dict:
@@ -133,8 +244,13 @@ def task_spec(name: str, data: dict[str, str], manager: TaskManager) -> str | di
     if isinstance(config.get("task"), list):  # a group
         subtasks = [task_spec(sub, data, manager) if isinstance(sub, str) else sub for sub in config["task"]]
         return name if subtasks == config["task"] else {**config, "task": subtasks}
-    location = location_for(name, data)
-    return name if location is None else {"task": name, **data_overrides(config, location)}
+    key = _key_for(name, data)
+    if key is None:
+        return name
+    location = data[key]
+    if is_local(location):
+        check_columns(name, config, location, key, manager.task_index[name]["yaml_path"])
+    return {"task": name, **data_overrides(config, location)}
 
 
 def task_specs(

@@ -2,8 +2,9 @@
 
 Prompts are LLaVA-1.5's evaluation prompts; scoring is `harness.scoring` (one rule per
 benchmark, as the tools that published LLaVA-1.5 numbers come from). `process_results` returns the
-sample's score fields (the dict that also goes into samples.jsonl) under every metric key; the
-aggregations return percentages (0-100).
+sample's score fields (the dict that also goes into samples.jsonl) under every metric key, through
+`Scorer.fields`: a failed sample (response `FAILED_RESPONSE`) scores 0; the aggregations return
+percentages (0-100).
 
 lmms-eval loads this file by path once per `!function` reference; it imports only the harness's
 pure scoring modules.
@@ -33,7 +34,7 @@ def mmbench_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None
 
 
 def mmbench_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    record = mmbench.score(doc, results[0])
+    record = mmbench.SCORER.fields(doc, results[0])
     return {"circular_accuracy": record, "single_accuracy": record}
 
 
@@ -62,7 +63,7 @@ def scienceqa_doc_to_target(doc: dict) -> str:
 
 
 def scienceqa_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    return {"accuracy": scienceqa.score(doc, results[0])}
+    return {"accuracy": scienceqa.SCORER.fields(doc, results[0])}
 
 
 def scienceqa_aggregate_accuracy(records: list[dict]) -> float:
@@ -87,7 +88,7 @@ def textvqa_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None
 
 
 def textvqa_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    return {"vqa_accuracy": vqa.textvqa_score(doc, results[0])}
+    return {"vqa_accuracy": vqa.TEXTVQA_SCORER.fields(doc, results[0])}
 
 
 def vqav2_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
@@ -96,11 +97,11 @@ def vqav2_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) 
 
 
 def vqav2_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    return {"vqa_accuracy": vqa.vqav2_score(doc, results[0])}
+    return {"vqa_accuracy": vqa.VQAV2_SCORER.fields(doc, results[0])}
 
 
 def vqav2_testdev_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    return {"submitted": vqa.vqav2_score(doc, results[0])}
+    return {"submitted": vqa.VQAV2_SCORER.fields(doc, results[0])}
 
 
 def vqa_aggregate_accuracy(records: list[dict]) -> float:
@@ -133,7 +134,7 @@ def seedbench_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = No
 
 
 def seedbench_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    record = seedbench.score(doc, results[0])
+    record = seedbench.SCORER.fields(doc, results[0])
     return {"seed_image": record, **{f"seed_{name}": record for name in seedbench.QUESTION_TYPES.values()}}
 
 

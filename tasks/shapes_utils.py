@@ -2,9 +2,10 @@
 
 Scoring is the real benchmarks' (harness.scoring: LLaVA's GQA and POPE rules, MME's official
 calculation.py), so the two families name and compute their metrics alike. Every metric is a
-percentage (0-100). `process_results` returns the sample's score fields under each metric key;
-each metric's aggregation turns the list into the split's value. Records carry `score` (1.0
-correct, 0.0 wrong), the field lmms-eval reads for its CLT standard error.
+percentage (0-100). `process_results` returns the sample's score fields under each metric key
+(through `Scorer.fields`: a failed sample scores 0); each metric's aggregation turns the list into
+the split's value. Records carry `score` (1.0 correct, 0.0 wrong), the field lmms-eval reads for
+its CLT standard error.
 
 Prompts must match `harness.shapes.data.prompt` (the embedded model was trained on them; a test
 checks it). lmms-eval loads this file by path; it imports only the harness's pure scoring modules.
@@ -49,7 +50,7 @@ def mme_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) ->
 
 # ---- pope ------------------------------------------------------------------------------------
 def pope_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    record = pope.score(doc, results[0])
+    record = pope.SCORER.fields(doc, results[0])
     return {metric: record for metric in POPE_METRICS}
 
 
@@ -79,7 +80,7 @@ def pope_yes_ratio(records: list[dict]) -> float:
 
 # ---- gqa -------------------------------------------------------------------------------------
 def gqa_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    return {"exact_match": gqa.score(doc, results[0])}
+    return {"exact_match": gqa.SCORER.fields(doc, results[0])}
 
 
 def gqa_exact_match(records: list[dict]) -> float:
@@ -88,7 +89,7 @@ def gqa_exact_match(records: list[dict]) -> float:
 
 # ---- mme -------------------------------------------------------------------------------------
 def mme_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
-    record = mme.score(doc, results[0])
+    record = mme.SCORER.fields(doc, results[0])
     return {metric: record for metric in ("total",) + MME_CATEGORIES}
 
 

@@ -2,8 +2,9 @@
 
 Prompts follow lmms-eval's own tasks; scoring is `harness.scoring` (one rule per benchmark, as the
 official tools, shared with the embedded shapes tasks). `process_results` returns the sample's
-score fields (the same dict that goes into samples.jsonl) under every metric key; each metric's
-aggregation turns the list into a percentage (0-100).
+score fields (the same dict that goes into samples.jsonl) under every metric key, through
+`Scorer.fields`: a failed sample (response `FAILED_RESPONSE`) scores 0; each metric's aggregation
+turns the list into a percentage (0-100).
 
 lmms-eval loads this file by path once per `!function` reference; it imports only the harness's
 pure scoring modules.
@@ -70,7 +71,7 @@ def gqa_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) ->
 
 def gqa_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
     """The sample's score fields (harness.scoring.gqa: LLaVA's rule) under `exact_match`."""
-    return {"exact_match": gqa.score(doc, results[0])}
+    return {"exact_match": gqa.SCORER.fields(doc, results[0])}
 
 
 def gqa_aggregate_exact_match(records: list[dict]) -> float:
@@ -98,7 +99,7 @@ def mme_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
     and the question's category metric."""
     if doc["category"] not in MME_CATEGORIES:
         raise ValueError(f"MME category {doc['category']!r} is unknown (allowed: {MME_CATEGORIES})")
-    record = mme.score(doc, results[0])
+    record = mme.SCORER.fields(doc, results[0])
     return {"mme_perception": record, "mme_cognition": record, "mme_total": record, f"mme_{doc['category']}": record}
 
 
@@ -134,7 +135,7 @@ def pope_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -
 
 def pope_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
     """The score fields (harness.scoring.pope: LLaVA's eval_pope.py) under every POPE metric."""
-    record = pope.score(doc, results[0])
+    record = pope.SCORER.fields(doc, results[0])
     return {f"pope_{name}": record for name in pope.METRICS}
 
 

@@ -24,6 +24,14 @@ def score(doc: dict, response: str) -> dict:
     return {"pred": pred, "label": label, "score": float(pred == label)}
 
 
+def failed(doc: dict) -> dict:
+    """A failed sample's {"pred", "label"}: the prediction opposite to the label, so that it is wrong in
+    every metric: a failed "yes" question is a false negative (recall), a failed "no" one a false positive
+    (precision); accuracy counts it wrong, and yes_ratio counts the opposite answer."""
+    label = doc["answer"].lower().strip()
+    return {"pred": "no" if label == "yes" else "yes", "label": label}
+
+
 def metrics(preds: list[str], labels: list[str]) -> dict[str, float]:
     """accuracy, precision, recall, F1 and yes-ratio (share of "yes" predictions), in %.
 
@@ -52,4 +60,4 @@ def records_metrics(records: list[dict]) -> dict[str, float]:
     return metrics([r["pred"] for r in records], [r["label"] for r in records])
 
 
-SCORER = Scorer(NAME, score)
+SCORER = Scorer(NAME, score, failed)

@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from harness.generated import MARKER, read_marker, refuse_foreign, write_marker
 from harness.shapes.questions import (
     GQA_ANSWERS,
     GQA_TYPES,
@@ -79,9 +80,9 @@ from harness.shapes.scenes import (
 __all__ = [  # the public names of scenes.py and questions.py, and this module's own
     "ALL_PAIRS", "BACKGROUND", "COLOURS", "DATASET_NAMES", "DATA_VERSION", "EVAL_SEEDS", "EVAL_SEED_BASE",
     "GQA_ANSWERS", "GQA_TYPES", "GRID", "IMAGE_SIZE", "INSET", "MAX_OBJECTS", "MME_CATEGORIES", "NOISE",
-    "NUMBER_WORDS", "OPPOSITE", "PATCH", "PLURALS", "POPE_SPLITS", "POPULAR_TOP_K", "QA", "RELATIONS", "SHAPES",
-    "SHORT_ANSWER", "SIZES", "STAMP_FILE", "SUITE_SIZES", "TEMPLATE_WORDS", "YES_NO", "Obj", "Scene",
-    "build_eval_data", "gqa_questions", "is_related", "make_split", "mme_questions", "object_evidence",
+    "NUMBER_WORDS", "OPPOSITE", "PATCH", "PLURALS", "POPE_SPLITS", "POPULAR_TOP_K", "PREVIOUS_STAMP_FILE", "QA",
+    "RELATIONS", "SHAPES", "SHORT_ANSWER", "SIZES", "STAMP_FILE", "SUITE_SIZES", "TEMPLATE_WORDS", "YES_NO", "Obj",
+    "Scene", "build_eval_data", "gqa_questions", "is_related", "make_split", "mme_questions", "object_evidence",
     "pope_negatives", "pope_positives", "prompt", "render", "sample_scene", "shape_mask", "tokenize_words",
     "training_batches", "training_questions", "vocabulary",
 ]  # fmt: skip
@@ -92,7 +93,9 @@ EVAL_SEED_BASE = 10_000
 EVAL_SEEDS = {"pope": 10_000, "gqa": 10_001, "mme": 10_002}
 SUITE_SIZES = {"pope": 30, "gqa": 100, "mme": 50}  # images: 3 x 60 + 100 + 100 = 380 questions
 DATASET_NAMES = {"pope": "shapes_pope", "gqa": "shapes_gqa", "mme": "shapes_mme"}
-STAMP_FILE = "prunebench_shapes.json"  # written last; a directory without it is incomplete
+STAMP_FILE = MARKER  # harness.generated's marker, written last: a folder without it is incomplete (or not ours)
+PREVIOUS_STAMP_FILE = "prunebench_shapes.json"  # what versions before the marker wrote instead (no generator)
+GENERATOR = "harness.shapes.data"
 
 
 class QA(NamedTuple):
@@ -227,14 +230,26 @@ def _features(family: str):
 
 def _stamp(family: str) -> dict:
     splits = list(POPE_SPLITS) if family == "pope" else ["test"]
-    return {"data_version": DATA_VERSION, "seed": EVAL_SEEDS[family], "n_images": SUITE_SIZES[family], "splits": splits}
+    return {"generator": GENERATOR, "dataset": DATASET_NAMES[family], "data_version": DATA_VERSION,
+            "seed": EVAL_SEEDS[family], "n_images": SUITE_SIZES[family], "splits": splits}
 
 
 def _is_complete(path: Path, stamp: dict) -> bool:
+    return read_marker(path) == stamp
+
+
+def _generated(path: Path) -> bool:
+    """True when `path` is missing or a folder this module generated: it holds the marker, or the stamp file
+    of the versions before it (a JSON object with `data_version`; such a copy is rebuilt once)."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if read_marker(path) is not None:
+        return True
     try:
-        return json.loads((path / STAMP_FILE).read_text()) == stamp
+        previous = json.loads((path / PREVIOUS_STAMP_FILE).read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(previous, dict) and "data_version" in previous
 
 
 def build_eval_data(root: str | Path, force: bool = False) -> dict[str, Path]:
@@ -242,8 +257,10 @@ def build_eval_data(root: str | Path, force: bool = False) -> dict[str, Path]:
 
     `root/shapes_pope` (splits random, popular, adversarial), `root/shapes_gqa` and
     `root/shapes_mme` (split test), each readable with `datasets.load_from_disk`. A directory is
-    complete when its stamp file matches DATA_VERSION, the seed and the size; otherwise it is built
-    in a temporary directory and renamed into place, so a crash never leaves half a dataset.
+    complete when its marker (STAMP_FILE, harness.generated) matches DATA_VERSION, the seed and the size;
+    otherwise it is built in a temporary directory and renamed into place, so a crash never leaves half a
+    dataset. Only a folder this module generated is replaced: a `shapes_pope/`, ... without the marker (or
+    the previous versions' PREVIOUS_STAMP_FILE) stops the call before anything is written.
 
     Args:
         root: directory to hold the datasets.
@@ -251,11 +268,16 @@ def build_eval_data(root: str | Path, force: bool = False) -> dict[str, Path]:
 
     Returns:
         Dataset name -> directory, e.g. {"shapes_pope": root/"shapes_pope", ...}.
+
+    Raises:
+        ValueError: a folder at a dataset's path was not generated here (naming it).
     """
     import datasets
     from datasets import Dataset, DatasetDict
 
     root = Path(root)
+    refuse_foreign([root / name for name in DATASET_NAMES.values() if not _generated(root / name)],
+                   "tasks.data.root", root)
     root.mkdir(parents=True, exist_ok=True)
     paths = {}
     for family, name in DATASET_NAMES.items():
@@ -277,10 +299,11 @@ def build_eval_data(root: str | Path, force: bool = False) -> dict[str, Path]:
                 for split in stamp["splits"]
             }
             DatasetDict(splits).save_to_disk(str(tmp))
-            (tmp / STAMP_FILE).write_text(json.dumps(stamp))
+            write_marker(tmp, stamp)
             if not force and _is_complete(final, stamp):  # another process finished it meanwhile
                 continue
-            if final.exists():  # stale or forced: move it aside, then swap in the new copy
+            refuse_foreign([] if _generated(final) else [final], "tasks.data.root", root)
+            if final.exists():  # stale or forced (and generated here): move it aside, then swap in the new copy
                 trash = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
                 os.replace(final, trash / name)
                 shutil.rmtree(trash, ignore_errors=True)
