@@ -108,7 +108,7 @@ def test_the_api_key_is_never_written(tmp_path, monkeypatch, capfd):
     assert any(p.suffix == ".wandb" for p in files)
     leaks = [p for p in files if SECRET.encode() in p.read_bytes()]
     assert not leaks, leaks
-    assert read_wandb(run_dir)["config"]["leaky"] == "***"
+    assert read_wandb(run_dir)["config"]["leaky"] == "<redacted:WANDB_API_KEY>"
 
 
 def test_mode_follows_the_key():
