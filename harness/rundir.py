@@ -72,16 +72,18 @@ def ignores_budget(target: str) -> bool:
 def run_name(target: str, method_name: str, budget, batch_size, overrides=(), mode=None) -> str:
     """The run dir's last component: everything that makes two runs of one model and suite differ.
 
-    `<method>-<budget>` (`<method>` for a method that ignores the budget), `-b<N>` at a batch size
+    `<method>-<budget>` (`<method>` for a method that ignores the budget, unless a sweep varies the budget:
+    then each job keeps its own, as the sweep's other jobs do), `-b<N>` at a batch size
     above 1, then `+key=value,...` for options not already in the path. A single run names each option
     given on the command line that changes an answer (seed, method options, generation settings, data
     locations...; not `limit`, so a rerun with a larger limit resumes). A job of a sweep names each option
     the sweep varies (the sweep dir already separates sweeps): its jobs never share a dir. An option at
     its default adds nothing.
     """
-    name = str(method_name) if ignores_budget(target) else f"{method_name}-{budget}"
-    name += batch_tag(batch_size)
     swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(","))) if "MULTIRUN" in str(mode) else None
+    fixed = ignores_budget(target) and "budget" not in (swept or ())  # a sweep over budgets keeps it: no collision
+    name = str(method_name) if fixed else f"{method_name}-{budget}"
+    name += batch_tag(batch_size)
     tag = option_tag([str(o) for o in overrides or ()], str(method_name), swept)
     return f"{name}+{tag}" if tag else name
 

@@ -52,6 +52,7 @@ def test_run_names_hold_what_makes_runs_differ(monkeypatch):
     monkeypatch.setenv(SWEPT_ENV, "budget,limit,method")  # -m limit=2,3 method=... budget=...
     sweep = run_name(fastv, "fastv", 64, 1, ["limit=2", "seed=3", "+experiment=core_table"], "RunMode.MULTIRUN")
     assert sweep == "fastv-64+limit=2"  # a job of a sweep names what the sweep varies, whatever it is
+    assert run_name(vanilla, "vanilla", 64, 1, ["budget=64"], "RunMode.MULTIRUN") == "vanilla-64"  # budget swept
     long = run_name(fastv, "fastv", 64, 1, [f"model.prompt={'x' * 200}"])
     assert len(long) < 100 and long != run_name(fastv, "fastv", 64, 1, [f"model.prompt={'y' * 200}"])
 
