@@ -157,7 +157,7 @@ def test_a_user_dataset_with_a_wrong_schema_is_one_error_line_before_the_model_l
     assert error_line(proc) == (
         f"error: tasks.data.pope={str(pope)!r}: split 'random' of {pope} lacks the column(s) question that pope_random "
         "reads (expected schema: columns id, question_id, question, answer, image_source, image, category; see the "
-        'header of tasks/pope_random.yaml: load_dataset("lmms-lab/POPE", "Full").save_to_disk("<dir>")  '
+        'header of tasks/pope/pope_random.yaml: load_dataset("lmms-lab/POPE", "Full").save_to_disk("<dir>")  '
         "(splits adversarial/popular/random))")
     assert not run_dir.exists()
 
