@@ -15,10 +15,11 @@ Writes directories that `harness.tasks.load_tasks` accepts as local data locatio
     <out_dir>/vqav2/                            DatasetDict {validation, testdev}: lmms-lab/VQAv2
     <out_dir>/seedbench/                        DatasetDict {test}: lmms-lab/SEED-Bench (image and video rows)
 
-Each benchmark's record (harness/benchmarks.py) names its writer here (`gqa`, `mme`, ...: `{folder: {split:
-(rows, features)}}`); `write_fixtures` writes those of every record. Each top folder holds a `.prunebench-generated` marker (harness.generated). Only a folder with one (or
-as versions 1 and 2 left it, see `previous_version`) is ever replaced; a `gqa/`, `pope/`, ... of the user's
-in `out_dir` stops `write_fixtures` with an error naming it, before anything is written.
+Each benchmark's record (harness/benchmarks.py) names its function here (`gqa`, `mme`, ...: `{folder:
+{split: (rows, features)}}`); `write_fixtures` writes those of every record. Each top folder holds a
+`.prunebench-generated` marker (harness.generated). Only a folder with one (or as versions 1 and 2 left
+it, see `previous_version`) is ever replaced; a `gqa/`, `pope/`, ... of the user's in `out_dir` stops
+`write_fixtures` with an error naming it, before anything is written.
 
 Column names and feature types follow the hub datasets. The columns that tasks/{gqa,mme,pope}/utils.py read
 (GQA id/imageId/question/answer + images id/image; all MME and POPE columns) are exact; GQA's
