@@ -15,11 +15,13 @@ Writes directories that `harness.tasks.load_tasks` accepts as local data locatio
     <out_dir>/vqav2/                            DatasetDict {validation, testdev}: lmms-lab/VQAv2
     <out_dir>/seedbench/                        DatasetDict {test}: lmms-lab/SEED-Bench (image and video rows)
 
-Each of these folders holds a `.prunebench-generated` marker (harness.generated). Only a folder with one (or
-as versions 1 and 2 left it, see `previous_version`) is ever replaced; a `gqa/`, `pope/`, ... of the user's
-in `out_dir` stops `write_fixtures` with an error naming it, before anything is written.
+Each benchmark's record (harness/benchmarks.py) names its function here (`gqa`, `mme`, ...: `{folder:
+{split: (rows, features)}}`); `write_fixtures` writes those of every record. Each top folder holds a
+`.prunebench-generated` marker (harness.generated). Only a folder with one (or as versions 1 and 2 left
+it, see `previous_version`) is ever replaced; a `gqa/`, `pope/`, ... of the user's in `out_dir` stops
+`write_fixtures` with an error naming it, before anything is written.
 
-Column names and feature types follow the hub datasets. The columns that tasks/utils.py reads
+Column names and feature types follow the hub datasets. The columns that tasks/{gqa,mme,pope}/utils.py read
 (GQA id/imageId/question/answer + images id/image; all MME and POPE columns) are exact; GQA's
 annotation columns (isBalanced, groups, equivalent, types, annotations, semantic, semanticStr)
 carry plausible values, with nested types read off the GQA question JSON, not checked against
@@ -89,7 +91,7 @@ GQA_INSTRUCTION_FEATURES = Features({
 })
 GQA_IMAGE_FEATURES = Features({"id": Value("string"), "image": Image()})
 
-GQA_IMAGES_DIR = "testdev_balanced_images"  # inside the GQA directory, as tasks/utils.py expects
+GQA_IMAGES_DIR = "testdev_balanced_images"  # inside the GQA directory, as tasks/gqa/utils.py expects
 # (imageId, shape, colour) of the three images; two questions each.
 GQA_IMAGES = [("2400001", "square", "red"), ("2400002", "circle", "blue"), ("n300003", "triangle", "green")]
 
@@ -334,7 +336,6 @@ def seedbench_rows() -> list[dict]:
 
 # ---------------------------------------------------------------- writing
 
-FIXTURES = ("gqa", "mme", "pope", "mmbench_en", "mmbench_cn", "scienceqa", "textvqa", "vqav2", "seedbench")
 VERSION = 3  # bump when the fixtures change: the copies an older version generated are replaced
 GENERATOR = "harness.fixtures"
 PREVIOUS_DONE = ("fixtures.done", "fixtures-2.done")  # what versions 1 and 2 wrote into out_dir (no markers)
@@ -345,20 +346,64 @@ def to_dataset(rows: list[dict], features: Features) -> Dataset:
     return Dataset.from_list([{name: row[name] for name in features} for row in rows], features=features)
 
 
-def specs() -> list[tuple[str, dict[str, tuple[list[dict], Features]]]]:
-    """(folder relative to out_dir, {split: (rows, features)}) of every fixture dataset, in writing order."""
+Splits = dict[str, tuple[list[dict], Features]]  # {split: (rows, features)} of one saved DatasetDict
+
+
+def gqa() -> dict[str, Splits]:
+    """The GQA questions and, inside their folder, the image table (as the hub's two configs)."""
     questions, images = gqa_rows()
-    return [
-        ("gqa", {"testdev": (questions, GQA_INSTRUCTION_FEATURES)}),
-        (f"gqa/{GQA_IMAGES_DIR}", {"testdev": (images, GQA_IMAGE_FEATURES)}),
-        ("mme", {"test": (mme_rows(), MME_FEATURES)}),
-        ("pope", {s: (pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}),
-        *((f"mmbench_{lang}", {"dev": (mmbench_rows(lang), MMBENCH_FEATURES)}) for lang in MMBENCH_QUESTIONS),
-        ("scienceqa", {"test": (scienceqa_rows(), SCIENCEQA_FEATURES)}),
-        ("textvqa", {"validation": (textvqa_rows(), TEXTVQA_FEATURES)}),
-        ("vqav2", {s: (vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}),
-        ("seedbench", {"test": (seedbench_rows(), SEEDBENCH_FEATURES)}),
-    ]
+    return {"gqa": {"testdev": (questions, GQA_INSTRUCTION_FEATURES)},
+            f"gqa/{GQA_IMAGES_DIR}": {"testdev": (images, GQA_IMAGE_FEATURES)}}
+
+
+def mme() -> dict[str, Splits]:
+    return {"mme": {"test": (mme_rows(), MME_FEATURES)}}
+
+
+def pope() -> dict[str, Splits]:
+    return {"pope": {s: (pope_rows(s), POPE_FEATURES) for s in POPE_SPLITS}}
+
+
+def mmbench() -> dict[str, Splits]:
+    return {f"mmbench_{lang}": {"dev": (mmbench_rows(lang), MMBENCH_FEATURES)} for lang in MMBENCH_QUESTIONS}
+
+
+def scienceqa() -> dict[str, Splits]:
+    return {"scienceqa": {"test": (scienceqa_rows(), SCIENCEQA_FEATURES)}}
+
+
+def textvqa() -> dict[str, Splits]:
+    return {"textvqa": {"validation": (textvqa_rows(), TEXTVQA_FEATURES)}}
+
+
+def vqav2() -> dict[str, Splits]:
+    return {"vqav2": {s: (vqav2_rows(s), VQAV2_FEATURES) for s in ("validation", "testdev")}}
+
+
+def seedbench() -> dict[str, Splits]:
+    return {"seedbench": {"test": (seedbench_rows(), SEEDBENCH_FEATURES)}}
+
+
+def specs() -> list[tuple[str, Splits]]:
+    """(folder relative to out_dir, {split: (rows, features)}) of every fixture dataset, in writing order:
+    the writers that the records of harness/benchmarks.py name."""
+    from harness.benchmarks import BENCHMARKS
+
+    return [item for bench in BENCHMARKS if bench.fixture is not None for item in bench.fixture().items()]
+
+
+@functools.cache
+def names() -> tuple[str, ...]:
+    """The top folders under out_dir (each with a marker), which are the data keys `write_fixtures` returns."""
+    return tuple(folder for folder in _layout() if "/" not in folder)
+
+
+def features(task: str) -> Features | None:
+    """The features of the fixture that task `task` reads (the folder whose name is its longest prefix)."""
+    from harness.benchmarks import longest_prefix
+
+    folder = longest_prefix(task, names())
+    return next(iter(_layout()[folder].values()))[0] if folder is not None else None
 
 
 def marker(name: str) -> dict:
@@ -371,7 +416,7 @@ def _write_all(out: Path) -> None:
     for folder, splits in specs():
         parts = {split: to_dataset(rows, features) for split, (rows, features) in splits.items()}
         DatasetDict(parts).save_to_disk(out / folder)
-    for name in FIXTURES:
+    for name in names():
         write_marker(out / name, marker(name))
 
 
@@ -419,7 +464,7 @@ def previous_version(out: Path, name: str) -> bool:
 def _states(out: Path) -> dict[str, str]:
     """{name: "missing" | "current" | "outdated" | "foreign"} of every fixture folder under `out`."""
     states = {}
-    for name in FIXTURES:
+    for name in names():
         path = out / name
         found = read_marker(path)
         if not path.exists() and not path.is_symlink():
@@ -442,7 +487,7 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
         out_dir: Directory to write into (created if missing).
 
     Returns:
-        {name: dir} for every name in FIXTURES: the data locations to give `harness.tasks.load_tasks`
+        {name: dir} for every name in `names()`: the data locations to give `harness.tasks.load_tasks`
         (keys are task names or prefixes: "pope" covers pope_random, "mmbench_en" mmbench_en_dev).
 
     Raises:
@@ -452,7 +497,7 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
     states = _states(out)
     refuse_foreign([out / n for n, state in states.items() if state == "foreign"], "tasks.data.out_dir", out)
     if all(state == "current" for state in states.values()):
-        return {name: out / name for name in FIXTURES}
+        return {name: out / name for name in names()}
     out.mkdir(parents=True, exist_ok=True)
     # One writer at a time (parallel jobs share the cache), and never in place: each dataset is written to a
     # temporary dir and renamed into `out`, so a file another process has memory-mapped is never truncated
@@ -465,7 +510,7 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
             tmp = Path(tempfile.mkdtemp(prefix=".fixtures-", dir=out))
             try:
                 _write_all(tmp)
-                for name in FIXTURES:
+                for name in names():
                     if states[name] != "missing":  # generated here (marker or a previous version's layout)
                         os.replace(out / name, tmp / f"old-{name}")  # unlinked with tmp: open maps stay valid
                     os.replace(tmp / name, out / name)
@@ -473,7 +518,7 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
                     (out / done).unlink(missing_ok=True)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return {name: out / name for name in FIXTURES}
+    return {name: out / name for name in names()}
 
 
 if __name__ == "__main__":

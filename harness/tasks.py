@@ -1,4 +1,4 @@
-"""Our lmms-eval tasks (tasks/*.yaml), with the dataset location chosen at run time.
+"""Our lmms-eval tasks (tasks/<benchmark>/*.yaml), with the dataset location chosen at run time.
 
     manager = task_manager()
     specs = task_specs(["gqa", "mme", "pope"], {"gqa": "/data/gqa", "pope": "lmms-lab/POPE"}, manager)
@@ -6,7 +6,7 @@
 
 A data location is a hub id (the YAML default is the official one) or a local directory saved with
 `DatasetDict.save_to_disk` (see each YAML's header and harness/fixtures.py). A local directory must
-hold the task's split with the columns its hooks read (COLUMNS), else one error names what is missing,
+hold the task's split with the columns its hooks read (COLUMNS, from the records of harness/benchmarks.py), else one error names what is missing,
 before the model loads. lmms-eval 0.7.3 merges a task config dict `{"task": name, **overrides}` over
 the registered YAML, so nothing is edited on disk.
 """
@@ -21,6 +21,7 @@ from lmms_eval.tasks import TaskManager, get_task_dict
 from lmms_eval.utils import load_yaml_config
 from omegaconf import DictConfig, OmegaConf
 
+from harness.benchmarks import BENCHMARKS, longest_prefix
 from harness.generated import read_marker
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
@@ -83,15 +84,15 @@ def damage(location: str | Path) -> str | None:
 
 
 def task_manager(include_path: str | Path = TASKS_DIR) -> TaskManager:
-    """A TaskManager that indexes only our YAMLs (the wheel's default index is unreliable offline)."""
+    """A TaskManager that indexes only our YAMLs, tasks/<benchmark>/*.yaml (it walks the folder tree; the wheel's
+    default index is unreliable offline)."""
     return TaskManager(include_path=str(include_path), include_defaults=False)
 
 
 def _key_for(name: str, table) -> str | None:
     """`name` if it is a key of `table`, else the longest key that is a prefix of it ("pope" covers
     "pope_random"), else None."""
-    keys = [key for key in table if name == key or name.startswith(key + "_")]
-    return max(keys, key=len) if keys else None
+    return longest_prefix(name, table)
 
 
 def location_for(name: str, data: dict[str, str]) -> str | None:
@@ -111,25 +112,11 @@ def is_local(location: str) -> bool:
     return False
 
 
-# The columns each task reads from a doc (its hooks in tasks/*.py, harness.scoring, its YAML's
-# doc_to_target, the `image` column `lazy_images` re-types), by task name or prefix. A local dataset
-# lacking one is refused when it is located, before the model loads (`check_columns`).
-COLUMNS = {
-    "gqa": ("imageId", "question", "answer"),
-    "mme": ("question_id", "image", "question", "answer", "category"),
-    "pope": ("image", "question", "answer"),
-    "mmbench": ("index", "image", "question", "answer"),
-    "scienceqa": ("image", "question", "choices", "answer"),
-    "textvqa": ("question_id", "image", "question", "answers"),
-    "vqav2_val": ("question_id", "image", "question", "answers", "multiple_choice_answer"),
-    "vqav2_testdev": ("question_id", "image", "question"),
-    "seedbench": ("data_type", "image", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer",
-                  "question_type_id"),
-    "shapes_pope": ("image", "question", "answer"),
-    "shapes_gqa": ("image", "question", "answer"),
-    "shapes_mme": ("question_id", "image", "question", "answer", "category"),
-}
-GQA_IMAGE_COLUMNS = ("id", "image")  # <GQA dir>/testdev_balanced_images, split testdev (tasks/utils.py)
+# The columns each task reads from a doc (its hooks in tasks/<benchmark>/utils.py, harness.scoring, its YAML's
+# doc_to_target, the `image` column `lazy_images` re-types), by task name or prefix, from each benchmark's record.
+# A local dataset lacking one is refused when it is located, before the model loads (`check_columns`).
+COLUMNS: dict[str, tuple[str, ...]] = {key: columns for bench in BENCHMARKS for key, columns in bench.data_columns.items()}
+GQA_IMAGE_COLUMNS = ("id", "image")  # <GQA dir>/testdev_balanced_images, split testdev (tasks/gqa/utils.py)
 
 
 def schema(name: str) -> list[str] | None:
@@ -141,12 +128,8 @@ def schema(name: str) -> list[str] | None:
         from harness.shapes.data import _features
 
         return list(_features(name.split("_")[1]))
-    features = {"gqa": fixtures.GQA_INSTRUCTION_FEATURES, "mme": fixtures.MME_FEATURES, "pope": fixtures.POPE_FEATURES,
-                "mmbench": fixtures.MMBENCH_FEATURES, "scienceqa": fixtures.SCIENCEQA_FEATURES,
-                "textvqa": fixtures.TEXTVQA_FEATURES, "vqav2": fixtures.VQAV2_FEATURES,
-                "seedbench": fixtures.SEEDBENCH_FEATURES}
-    key = _key_for(name, features)
-    return list(features[key]) if key is not None else None
+    features = fixtures.features(name)
+    return list(features) if features is not None else None
 
 
 def how_to_save(yaml_path: str | Path) -> str:
@@ -182,7 +165,7 @@ def check_columns(name: str, config: dict, location: str, key: str, yaml_path: s
         return
     split = config.get("test_split")
     wanted = [(Path(location), COLUMNS[columns_key], schema(name))]
-    if name == "gqa":  # its images are a second dataset inside the GQA dir (tasks/utils.py gqa_images)
+    if name == "gqa":  # its images are a second dataset inside the GQA dir (tasks/gqa/utils.py gqa_images)
         from harness.fixtures import GQA_IMAGE_FEATURES, GQA_IMAGES_DIR
 
         wanted.append((Path(location) / GQA_IMAGES_DIR, GQA_IMAGE_COLUMNS, list(GQA_IMAGE_FEATURES)))
@@ -207,8 +190,14 @@ def check_columns(name: str, config: dict, location: str, key: str, yaml_path: s
         if problem:
             save = how_to_save(yaml_path)
             raise ValueError(f"tasks.data.{key}={location!r}: {problem} (expected schema: columns "
-                             f"{', '.join(expected or needed)}; see the header of tasks/{Path(yaml_path).name}"
+                             f"{', '.join(expected or needed)}; see the header of {_shown(yaml_path)}"
                              f"{': ' + save if save else ''})")
+
+
+def _shown(path: str | Path) -> str:
+    """`path` relative to the repository (tasks/pope/pope_random.yaml) when it is inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(TASKS_DIR.parent)) if path.is_relative_to(TASKS_DIR.parent) else str(path)
 
 
 def data_overrides(config: dict, location: str) -> dict:
@@ -259,7 +248,7 @@ def task_specs(
     """Specs for `simple_evaluate(tasks=...)` / `get_task_dict`.
 
     Args:
-        names: Task or group names from tasks/.
+        names: Task or group names from tasks/<benchmark>/.
         data: {task name or prefix: hub id or local directory}; missing tasks use their YAML default.
         manager: From `task_manager()`; pass the same one to `simple_evaluate`.
     """

@@ -12,7 +12,7 @@ BENCH = {b.name: b for b in lb.BENCHMARKS}
 
 
 def scored(kind: str, correct: list[bool], **extra) -> dict:
-    bench = lb.Benchmark("x", ("t",), "m", kind)
+    bench = lb.Column("x", ("t",), "m", kind)
     units = {}
     for i, ok in enumerate(correct):
         unit = {"correct": ok}
@@ -36,7 +36,7 @@ def test_bootstrap_known_answers(kind):
 
 def test_bootstrap_matches_an_independent_loop():
     """Seeded resamples scored with the tasks' own aggregation functions, one resample at a time."""
-    utils = lb.task_module("utils")
+    pope_utils, mme_utils = (lb.task_module(lb.task_yaml(task).parent / "utils.py") for task in ("pope_random", "mme"))
     rng = np.random.default_rng(1)
     B, seed = 200, 7
     answers = {"yes": "no", "no": "yes"}
@@ -69,18 +69,18 @@ def test_bootstrap_matches_an_independent_loop():
     def raw(recs, key, meta=None):
         r = recs[key]
         doc = {"answer": r["target"], "question_id": str(r["doc_id"]), **(meta or {})}
-        process = utils.pope_process_results if key[0] != "mme" else utils.mme_process_results
+        process = pope_utils.pope_process_results if key[0] != "mme" else mme_utils.mme_process_results
         return process(doc, [r["response"]])
 
     keys = sorted(set(records["m"]) & set(records["v"]))
     splits = [[k for k in keys if k[0] == s] for s in ("pope_adversarial", "pope_random")]
     diffs = []
     for b, draws in enumerate(_per_replicate([len(s) for s in splits], B, seed)):
-        f1 = {run: np.mean([utils.pope_aggregate_f1([raw(records[run], split[i])["pope_f1"] for i in idx])
+        f1 = {run: np.mean([pope_utils.pope_aggregate_f1([raw(records[run], split[i])["pope_f1"] for i in idx])
                             for split, idx in zip(splits, draws)]) for run in ("m", "v")}
         diffs.append(f1["m"] - f1["v"])
     expected = np.percentile(diffs, [2.5, 97.5])
-    full = {run: np.mean([utils.pope_aggregate_f1([raw(records[run], k)["pope_f1"] for k in split]) for split in splits])
+    full = {run: np.mean([pope_utils.pope_aggregate_f1([raw(records[run], k)["pope_f1"] for k in split]) for split in splits])
             for run in ("m", "v")}
     assert got_pope[0] == pytest.approx(full["m"] - full["v"])
     assert got_pope[1:] == pytest.approx(tuple(expected))
@@ -99,7 +99,7 @@ def test_bootstrap_matches_an_independent_loop():
                         if m["question_id"] == stratum[i]:
                             rec = dict(raw(mme_records[run], ("mme", doc_id), m)["mme_total"], image=f"{stratum[i]}#{j}")
                             resampled.append(rec)
-            total[run] = utils.mme_aggregate_total(resampled)
+            total[run] = mme_utils.mme_aggregate_total(resampled)
         diffs.append(total["m"] - total["v"])
     assert got_mme[1:] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
 

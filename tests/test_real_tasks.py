@@ -17,8 +17,8 @@ from harness.tasks import (
     task_specs,
 )
 
-# tasks/utils.py is not a package; load it by path, as lmms-eval does.
-_spec = importlib.util.spec_from_file_location("task_utils", TASKS_DIR / "utils.py")
+# tasks/mme/utils.py is not a package; load it by path, as lmms-eval does.
+_spec = importlib.util.spec_from_file_location("task_utils", TASKS_DIR / "mme" / "utils.py")
 utils = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(utils)
 

@@ -15,7 +15,7 @@ TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
 def _load_shapes_utils():
     """tasks/ is not a package (lmms-eval loads its files by path), so do the same here."""
-    spec = importlib.util.spec_from_file_location("shapes_utils", TASKS_DIR / "shapes_utils.py")
+    spec = importlib.util.spec_from_file_location("shapes_utils", TASKS_DIR / "shapes" / "utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

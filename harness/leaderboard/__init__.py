@@ -25,9 +25,9 @@ results.json `method_facts`; a new baseline needs no edit here.
 Per-sample scores are the score fields each sample got when it was evaluated (samples.jsonl
 `scores`, from harness.scoring, the same functions behind the reported metrics), so a resampled
 score is computed exactly like the reported one. Older samples without them are scored again by
-their task's `process_results` (tasks/utils.py, tasks/shapes_utils.py, loaded by file path).
+their task's `process_results` (tasks/<benchmark>/utils.py, loaded by file path).
 
-Modules, in the order of the data: benchmarks (the columns), runs (results.json, samples.jsonl, method facts,
+Modules, in the order of the data: benchmarks (the columns, from the records of harness/benchmarks.py), runs (results.json, samples.jsonl, method facts,
 the choice among duplicates), scores (per-sample scores), bootstrap (paired CIs), pairing (a row and the
 reference on the samples both ran), table (rows, Avg, speedup, difficult subset), formats (Markdown, LaTeX,
 CSV), plots, cli.
@@ -40,7 +40,7 @@ from harness.leaderboard.benchmarks import (
     PUBLISHED,
     PUBLISHED_MODEL,
     PUBLISHED_TOLERANCE,
-    Benchmark,
+    Column,
     Published,
 )
 from harness.leaderboard.bootstrap import (
@@ -80,13 +80,14 @@ from harness.leaderboard.scores import (
     task_config,
     task_function,
     task_module,
+    task_yaml,
 )
 from harness.leaderboard.table import Row, Table, build_table, build_tables
 
 __all__ = [
-    "BENCHMARKS", "CHOICE_RULE", "CI_LEVEL", "PUBLISHED", "PUBLISHED_MODEL", "PUBLISHED_TOLERANCE", "Benchmark", "Notes",
+    "BENCHMARKS", "CHOICE_RULE", "CI_LEVEL", "PUBLISHED", "PUBLISHED_MODEL", "PUBLISHED_TOLERANCE", "Column", "Notes",
     "Paired", "PairedBootstrap", "Published", "Row", "Run", "Stratum", "Table", "average", "build_table", "build_tables",
     "choice_key", "failed_unit", "fill_failed", "find_runs", "layout", "main", "pair_latency", "pair_scores", "plot",
     "point_score", "read_samples", "replicate_scores", "resample_indices", "same_samples", "score_sample", "score_unit",
-    "scored_samples", "sort_key", "task_config", "task_function", "task_module", "to_csv", "to_latex", "to_markdown",
+    "scored_samples", "sort_key", "task_config", "task_function", "task_module", "task_yaml", "to_csv", "to_latex", "to_markdown",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.leaderboard.benchmarks import Benchmark
+from harness.leaderboard.benchmarks import Column
 from harness.scoring.mme import QUESTIONS_PER_IMAGE as MME_QUESTIONS_PER_IMAGE
 
 CI_LEVEL = 95.0
@@ -42,7 +42,7 @@ class Stratum:
     units: list[list[tuple[str, int]]]  # each unit = the sample keys it holds (one, or an image's questions)
 
 
-def layout(bench: Benchmark, scored: dict, keys: set) -> list[Stratum]:
+def layout(bench: Column, scored: dict, keys: set) -> list[Stratum]:
     """Strata and units over the paired sample keys (deterministic order)."""
     strata = []
     for task in bench.tasks:
@@ -67,7 +67,7 @@ def layout(bench: Benchmark, scored: dict, keys: set) -> list[Stratum]:
     return strata
 
 
-def replicate_scores(bench: Benchmark, strata: list[Stratum], scored: dict, replicates: int, seed: int) -> tuple[float, np.ndarray]:
+def replicate_scores(bench: Column, strata: list[Stratum], scored: dict, replicates: int, seed: int) -> tuple[float, np.ndarray]:
     """The benchmark score of one run on the paired samples, and on each of `replicates` resamples.
 
     Vectorised: each stratum's resamples are counts [B, n] of its units; a score is a linear
@@ -125,7 +125,7 @@ class PairedBootstrap:
         self.replicates, self.seed = replicates, seed
         self._cache: dict[tuple, tuple[float, np.ndarray]] = {}
 
-    def difference(self, bench: Benchmark, scored_a: dict, scored_b: dict) -> tuple[float, float, float] | None:
+    def difference(self, bench: Column, scored_a: dict, scored_b: dict) -> tuple[float, float, float] | None:
         """(a − b on the paired samples, CI low, CI high), pairing samples by (task, doc_id)."""
         keys = set(scored_a) & set(scored_b)
         if not keys or self.replicates <= 0:

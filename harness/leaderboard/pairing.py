@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.leaderboard.benchmarks import Benchmark
+from harness.leaderboard.benchmarks import Column
 from harness.leaderboard.bootstrap import layout, replicate_scores
 from harness.leaderboard.runs import Run
 
@@ -45,7 +45,7 @@ class Paired:
         return self.mine / self.reference if self.mine is not None and self.reference else None
 
 
-def point_score(bench: Benchmark, scored: dict, keys: set) -> float:
+def point_score(bench: Column, scored: dict, keys: set) -> float:
     """The benchmark score of one run's scored samples restricted to `keys` (the benchmark's aggregation)."""
     return replicate_scores(bench, layout(bench, scored, keys), scored, 0, 0)[0]
 
@@ -62,7 +62,7 @@ def same_samples(run: Run, reference: Run, tasks: tuple[str, ...] | None = None)
                for t in names)
 
 
-def pair_scores(bench: Benchmark, run: Run, reference: Run, mine: dict | None, theirs: dict | None) -> Paired:
+def pair_scores(bench: Column, run: Run, reference: Run, mine: dict | None, theirs: dict | None) -> Paired:
     """`bench` scores of `run` and `reference` on the samples both ran (`mine`, `theirs`: their scored samples)."""
     if mine and theirs:
         keys = mine.keys() & theirs.keys()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.leaderboard.benchmarks import Benchmark
+from harness.leaderboard.benchmarks import Column
 
 # A method declares its role (harness.methods.base.FACTS) and results.json records it in `method_facts`:
 #   reference            Avg, speedup and the CIs are relative to its run (vanilla)
@@ -90,7 +90,7 @@ class Run:
         names = ((self.results.get("config") or {}).get("tasks") or {}).get("names")
         return tuple(names) if names else tuple(sorted(self.results.get("tasks", {})))
 
-    def score(self, bench: Benchmark) -> float | None:
+    def score(self, bench: Column) -> float | None:
         """The headline score: mean of the metric over the benchmark's tasks present in this run."""
         values = [_number(self.results.get("tasks", {}).get(task, {}).get("metrics", {}).get(bench.metric))
                   for task in bench.tasks]

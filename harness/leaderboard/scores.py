@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.leaderboard.benchmarks import Benchmark
+from harness.benchmarks import benchmark_for
+from harness.leaderboard.benchmarks import Column
 from harness.leaderboard.runs import Notes, Run
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
@@ -22,32 +23,42 @@ class _TaskLoader(yaml.SafeLoader):
 _TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
 
 
+def task_yaml(task: str, tasks_dir: Path = TASKS_DIR) -> Path:
+    """tasks/<benchmark>/<task>.yaml, the folder named by the task's record (harness/benchmarks.py)."""
+    bench = benchmark_for(task)
+    if bench is None:
+        raise ValueError(f"task {task!r} belongs to no benchmark of harness/benchmarks.py")
+    return tasks_dir / bench.name / f"{task}.yaml"
+
+
 @cache
 def task_config(task: str, tasks_dir: Path = TASKS_DIR) -> dict:
-    """tasks/<task>.yaml with its `include:` merged in."""
-    config = yaml.load((tasks_dir / f"{task}.yaml").read_text(), Loader=_TaskLoader)
+    """tasks/<benchmark>/<task>.yaml with its `include:` (a file beside it) merged in."""
+    path = task_yaml(task, tasks_dir)
+    config = yaml.load(path.read_text(), Loader=_TaskLoader)
     if "include" in config:
-        base = yaml.load((tasks_dir / config.pop("include")).read_text(), Loader=_TaskLoader)
+        base = yaml.load((path.parent / config.pop("include")).read_text(), Loader=_TaskLoader)
         config = {**base, **config}
     return config
 
 
 @cache
-def task_module(name: str, tasks_dir: Path = TASKS_DIR):
-    """tasks/<name>.py loaded by file path (as lmms-eval's `!function` does)."""
-    spec = importlib.util.spec_from_file_location(f"prunebench_tasks_{name}", tasks_dir / f"{name}.py")
+def task_module(path: Path):
+    """A hook file (tasks/<benchmark>/utils.py) loaded by file path (as lmms-eval's `!function` does)."""
+    spec = importlib.util.spec_from_file_location(f"prunebench_tasks_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def task_function(task: str, key: str):
-    """The function a task YAML names under `key`, e.g. ("pope_random", "process_results")."""
+    """The function a task YAML names under `key`, e.g. ("pope_random", "process_results"), from the
+    hook file beside the YAML."""
     module, function = task_config(task)[key].rsplit(".", 1)
-    return getattr(task_module(module), function)
+    return getattr(task_module(task_yaml(task).parent / f"{module}.py"), function)
 
 
-def score_unit(bench: Benchmark, fields: dict) -> dict:
+def score_unit(bench: Column, fields: dict) -> dict:
     """A sample's score fields (samples.jsonl `scores`) as the bootstrap's unit.
 
     Returns:
@@ -68,7 +79,7 @@ def score_unit(bench: Benchmark, fields: dict) -> dict:
 DOC_FIELDS = {"accuracy": (), "f1": ("label_yes",), "mme": ("image", "category"), "circular": ("group",)}  # a unit's doc
 
 
-def failed_unit(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
+def failed_unit(bench: Column, record: dict, meta: dict | None = None) -> dict:
     """A failed sample (`error` set) as a wrong answer (score 0), whatever its `scores` say: on POPE the
     prediction opposite to the label. The doc's fields it lacks (it failed before its doc opened) are
     filled by `fill_failed` from a run that has that doc."""
@@ -88,7 +99,7 @@ def failed_unit(bench: Benchmark, record: dict, meta: dict | None = None) -> dic
     return unit
 
 
-def fill_failed(bench: Benchmark, runs_scored: list[dict | None]) -> list[tuple[str, int]]:
+def fill_failed(bench: Column, runs_scored: list[dict | None]) -> list[tuple[str, int]]:
     """Fill the doc fields (POPE label, MME image and category, MMBench group) that failed samples lack from
     any run that has the doc, in place; failed samples no run can place are left out.
 
@@ -116,7 +127,7 @@ def fill_failed(bench: Benchmark, runs_scored: list[dict | None]) -> list[tuple[
     return sorted(set(dropped))
 
 
-def score_sample(bench: Benchmark, record: dict, meta: dict | None = None) -> dict:
+def score_sample(bench: Column, record: dict, meta: dict | None = None) -> dict:
     """One sample: its stored score fields, or (older samples.jsonl without them) scored again by
     its task's `process_results` from the target and response (GQA, MME, POPE only).
 
@@ -138,7 +149,7 @@ def score_sample(bench: Benchmark, record: dict, meta: dict | None = None) -> di
     return {"correct": bool(value.get("score", value.get("correct")) if isinstance(value, dict) else value)}
 
 
-def scored_samples(run: Run, bench: Benchmark, notes: Notes) -> dict[tuple[str, int], dict] | None:
+def scored_samples(run: Run, bench: Column, notes: Notes) -> dict[tuple[str, int], dict] | None:
     """{(task, doc_id): scored unit} of a run's samples in this benchmark (None when they cannot be scored)."""
     if bench.name in run.scored:
         return run.scored[bench.name]

@@ -10,7 +10,7 @@ from harness.leaderboard.benchmarks import (
     PUBLISHED,
     PUBLISHED_MODEL,
     PUBLISHED_TOLERANCE,
-    Benchmark,
+    Column,
 )
 from harness.leaderboard.bootstrap import PairedBootstrap
 from harness.leaderboard.pairing import Paired, average, pair_latency, pair_scores
@@ -35,7 +35,7 @@ class Row:
 class Table:
     model: str
     suite: tuple[str, ...]
-    benchmarks: list[Benchmark]
+    benchmarks: list[Column]
     rows: list[Row]
     subset: str | None
     reference_name: str = "vanilla"           # the method the rows are compared with
@@ -71,13 +71,13 @@ def build_table(model: str, suite: tuple[str, ...], runs: list[Run], subset: str
     present = {task for run in runs for task in run.results.get("tasks", {})}
     benchmarks = [b for b in BENCHMARKS if present.intersection(b.tasks)]
     if not benchmarks:
-        notes.add(f"{where}: no known benchmark among tasks {sorted(present)} (add a line to BENCHMARKS in harness/leaderboard/benchmarks.py)")
+        notes.add(f"{where}: no known benchmark among tasks {sorted(present)} (add its record to BENCHMARKS in harness/benchmarks.py)")
     reference_name, difficult_name = role_name(runs, "reference"), role_name(runs, "difficult_reference")
     vanilla = next((r for r in runs if r.fact("reference")), None)  # the reference run
     if vanilla is None:
         notes.add(f"{where}: no {reference_name} run, so Avg, speedup, the CIs and the difficult subset are shown as —")
 
-    def scored(run: Run, bench: Benchmark):
+    def scored(run: Run, bench: Column):
         return scored_samples(run, bench, notes)
 
     per_sample = vanilla is not None or bootstrap.replicates > 0 or any(r.fact("difficult_reference") for r in runs)
@@ -130,7 +130,7 @@ def build_table(model: str, suite: tuple[str, ...], runs: list[Run], subset: str
     return table
 
 
-def compare(row: Row, reference: Row, benchmarks: list[Benchmark], subset: str | None, scored, not_compared: list[str],
+def compare(row: Row, reference: Row, benchmarks: list[Column], subset: str | None, scored, not_compared: list[str],
             notes: Notes, where: str) -> None:
     """The row's Avg and speedup against the reference row, on the samples both ran (harness.leaderboard.pairing).
 

@@ -5,7 +5,7 @@
     fields = scorer.score(doc, response)      # per-sample score fields, written to samples.jsonl
 
 Each module holds a benchmark's parser, its per-sample `score(doc, response) -> dict` and its
-aggregation, written to match the tool that published LLaVA-1.5 numbers come from (named in the
+aggregation (its record in harness/benchmarks.py names the scorer of each task), written to match the tool that published LLaVA-1.5 numbers come from (named in the
 module docstring, with the places where lmms-eval's own task differs). Every per-sample dict has
 `score` (the sample's contribution to the headline accuracy, 0..1; absent only where a server
 scores the split, VQAv2 test-dev) plus the fields its aggregation
@@ -62,18 +62,10 @@ class Scorer:
 
 
 def scorer_for(task: str) -> Scorer | None:
-    """The scorer of a task of tasks/ (real or embedded), or None for a task without one."""
-    from harness.scoring import gqa, mme, mmbench, pope, scienceqa, seedbench, vqa
+    """The scorer of a task of tasks/ (real or embedded), or None for a task without one: its benchmark's
+    record (harness/benchmarks.py) maps task names and prefixes to scorers, the longest prefix wins."""
+    from harness.benchmarks import benchmark_for, longest_prefix
 
-    table = {
-        "gqa": gqa.SCORER, "shapes_gqa": gqa.SCORER,
-        "mme": mme.SCORER, "shapes_mme": mme.SCORER,
-        "pope": pope.SCORER, "shapes_pope": pope.SCORER,
-        "mmbench": mmbench.SCORER,
-        "scienceqa": scienceqa.SCORER,
-        "textvqa": vqa.TEXTVQA_SCORER,
-        "vqav2": vqa.VQAV2_SCORER, "vqav2_testdev": vqa.VQAV2_TESTDEV_SCORER,
-        "seedbench": seedbench.SCORER,
-    }
-    keys = [key for key in table if task == key or task.startswith(key + "_")]
-    return table[max(keys, key=len)] if keys else None
+    bench = benchmark_for(task)
+    key = longest_prefix(task, bench.scorers) if bench is not None else None
+    return bench.scorers[key] if key is not None else None

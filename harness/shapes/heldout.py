@@ -1,7 +1,7 @@
 """Held-out evaluation of the tiny model during and after training.
 
 Questions come from the evaluation seeds (never trained on) and are scored with the shapes tasks'
-own helpers (`tasks/shapes_utils.py`). Vanilla answers come from `model.generate`; the robustness
+own helpers (`tasks/shapes/utils.py`). Vanilla answers come from `model.generate`; the robustness
 rows run the harness's random method through the pruning engine, exactly as `python run.py
 method=random` does, so the model card's robustness figures and the harness's measure the same thing.
 """
@@ -27,8 +27,8 @@ PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
 
 def load_scoring():
-    """tasks/shapes_utils.py (pure scoring helpers; lmms-eval loads it by path, so we do too)."""
-    spec = importlib.util.spec_from_file_location("prunebench_shapes_utils", REPO / "tasks" / "shapes_utils.py")
+    """tasks/shapes/utils.py (pure scoring helpers; lmms-eval loads it by path, so we do too)."""
+    spec = importlib.util.spec_from_file_location("prunebench_shapes_utils", REPO / "tasks" / "shapes" / "utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

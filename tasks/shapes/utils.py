@@ -1,4 +1,4 @@
-"""lmms-eval hooks for the embedded shapes tasks: shapes_pope_*, shapes_gqa, shapes_mme.
+"""lmms-eval hooks of the embedded shapes tasks (tasks/shapes/): shapes_pope_*, shapes_gqa, shapes_mme.
 
 Scoring is the real benchmarks' (harness.scoring: LLaVA's GQA and POPE rules, MME's official
 calculation.py), so the two families name and compute their metrics alike. Every metric is a
@@ -11,9 +11,8 @@ Prompts must match `harness.shapes.data.prompt` (the embedded model was trained 
 checks it). lmms-eval loads this file by path; it imports only the harness's pure scoring modules.
 """
 
-
-
-from harness.images import lazy_images, open_image  # noqa: F401 - lazy_images is a `!function` hook
+from harness.hooks import doc_image as doc_to_visual  # noqa: F401 - `!function` hooks
+from harness.hooks import lazy_images  # noqa: F401
 from harness.scoring import gqa, mme, pope
 
 SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
@@ -32,12 +31,7 @@ def mme_category_scores(records: list[dict]) -> dict[str, dict[str, float]]:
     return mme.category_scores([{"image": r.get("image", r.get("question_id")), **r} for r in records])
 
 
-# ---- shared hooks ----------------------------------------------------------------------------
-def doc_to_visual(doc: dict) -> list:
-    """The image as RGB."""
-    return [open_image(doc["image"])]
-
-
+# ---- prompts ---------------------------------------------------------------------------------
 def short_answer_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """pope and gqa prompt: the question + "\\nAnswer the question using a single word or phrase."."""
     return doc["question"].strip() + SHORT_ANSWER_PROMPT
