@@ -20,11 +20,12 @@ pick `j = argmax d^2`, `e = (L[j] - c_{<t}[:, j]^T c_{<t}) / d_j`, append `e` to
 The kept tokens are the distinct picks in original order: the official code scatters its B picks into a boolean
 mask (`index_masks.scatter_(1, select_idx, True)`) and the LLM gets `image_features[index_masks]`. Its loop runs
 all B steps; it neither stops early nor checks the gains. The kernel's rank is at most the width d of the
-projected features (S is a Gram matrix of d-dim unit vectors: d = 4096 on LLaVA-1.5, 64 on the embedded model),
-so after about d picks the gains are ~0, `sqrt` of a non-positive gain gives inf / NaN, and argmax returns
-indices already picked (on the embedded model at B = 128: tokens 0 and 1 about 30 times each). The mask keeps each
-once, so the LLM sees fewer than B tokens (69-71 of 128 there); so does this port (`may_keep_fewer`: the engine
-records the shortfall and results.json reports `tokens.below_budget`). The instruction is the question without
+projected features (S is a Gram matrix of d-dim unit vectors: d = 4096 on LLaVA-1.5, 64 on the embedded model).
+Once it is spent the gains are ~0 (on the embedded model below 1e-6 after ~60 picks), `sqrt` of a non-positive
+gain gives NaN (after ~70 picks) and argmax returns indices already picked (tokens 0 and 1, about 30 times each
+at B = 128). The mask keeps each once, so the LLM sees fewer than B tokens (on the shapes suite 66-76, mean 71.9,
+at B = 128 and 192); so does this port (`may_keep_fewer`: the engine records the shortfall and results.json
+reports `tokens.below_budget`). The instruction is the question without
 the suffix "\\nAnswer the question using a single word or phrase." (stripped as in the official
 `model_vqa_loader.py`).
 
