@@ -246,6 +246,7 @@ class PrunedLlava(lmms):
         record = {
             "vision_per_layer": st.vision_per_layer,
             "image_tokens": st.image_tokens,  # this sample's image tokens before pruning (varies on some families)
+            "kept_fewer": st.kept_fewer,  # image tokens asked for and not kept (a pre-LLM method out of distinct tokens)
             "tokens_per_layer": st.tokens_per_layer,
             "prefill_flops": flops,
             "vanilla_prefill_flops": vanilla,

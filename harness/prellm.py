@@ -22,6 +22,7 @@ import torch
 from harness import layout
 from harness.families import REFERENCE_TOKENS, reduces_crops, scaled_budget
 from harness.methods.base import PreLLMContext, Selection
+from harness.selection import check_kept, check_prellm_count
 from harness.state import PrefillState
 
 
@@ -72,18 +73,20 @@ def default_positions(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_crops(engine, inputs: dict, instruction: str | None,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor, int, float, int]:
     """One sample's image reduced crop by crop (`ModelFamily.reduce_crops`; VisionZip on LLaVA-NeXT).
 
     Every crop gets the method at that crop's budget, the same fraction budget/576 of its P patches (the budget
     itself on LLaVA-v1.6's 576-patch crops: 128 -> 5 x 128 = 640 for a 2x2 grid), its own CLS attention and keys.
 
     Returns:
-        (image block `[n, d]`, kept patches `[k]` as `crop * P + patch`, merged count, seconds of tower + projector).
+        (image block `[n, d]`, kept patches `[k]` as `crop * P + patch`, merged count, seconds of tower + projector,
+        image tokens asked for and not kept).
     """
     method = engine.method
     engine.vision_capture, engine.capture_s = None, 0.0
     reduce_s = 0.0
+    shortfall = [0]  # image tokens asked for and not kept, over the crops
 
     def reduce_crop(crop: int, features: torch.Tensor) -> Selection:  # features: [P, d]
         nonlocal reduce_s
@@ -100,15 +103,14 @@ def reduce_crops(engine, inputs: dict, instruction: str | None,
         sel = crop_method.reduce(PreLLMContext(features, cls_attn[crop], keys[crop], generator, budget,
                                                None, instruction))
         n_merged = 0 if sel.merged is None else sel.merged.shape[0]
-        if sel.keep.numel() + n_merged != budget:
-            raise RuntimeError(f"{method.name} returned {sel.keep.numel()} kept + {n_merged} merged tokens for "
-                               f"crop {crop}, expected {budget}")
+        check_kept(method.name, sel.keep, patches, f" for crop {crop}")
+        shortfall[0] += check_prellm_count(crop_method, sel.keep.numel(), n_merged, budget, f" for crop {crop}")
         reduce_s += engine._clock() - t
         return sel
 
     t_tower = engine._clock()
     image, kept, n_merged = engine.family.reduce_crops(engine.model, inputs, reduce_crop)
-    return image, kept, n_merged, engine._clock() - t_tower - reduce_s - engine.capture_s
+    return image, kept, n_merged, engine._clock() - t_tower - reduce_s - engine.capture_s, shortfall[0]
 
 
 def reduce_sample(engine, inputs: dict, instruction: str | None,
@@ -123,11 +125,11 @@ def reduce_sample(engine, inputs: dict, instruction: str | None,
     budget = st.method.schedule(engine.num_layers, end - start).budget if end > start else 0
     embeds = engine.model.get_input_embeddings()(input_ids)  # [1, N, d]
     kept_image = torch.arange(0, device=input_ids.device)
-    n_merged = 0
+    n_merged = shortfall = 0
     if end > start and budget == 0:  # no image token survives (blind): skip the vision tower
         embeds = torch.cat([embeds[:, :start], embeds[:, end:]], dim=1)
     elif end > start and reduces_crops(engine.family, engine.method):
-        image, kept_image, n_merged, tower_s = reduce_crops(engine, inputs, instruction, seed)
+        image, kept_image, n_merged, tower_s, shortfall = reduce_crops(engine, inputs, instruction, seed)
         t0 += tower_s  # the tower and projector are not scoring
         embeds = torch.cat([embeds[:, :start], image[None].to(embeds.dtype), embeds[:, end:]], dim=1)
     elif end > start:
@@ -144,16 +146,13 @@ def reduce_sample(engine, inputs: dict, instruction: str | None,
         ctx = PreLLMContext(features, cls_attn, keys, generator, budget, vision_hidden, instruction)
         sel = st.method.reduce(ctx)
         kept_image = sel.keep.to(input_ids.device)
+        check_kept(st.method.name, kept_image, features.shape[0])  # sorted, in range, never a token twice
         parts = [features[kept_image]]
         if sel.merged is not None and sel.merged.shape[0]:
             n_merged = sel.merged.shape[0]
             parts.append(sel.merged.to(features.dtype))
-        image = torch.cat(parts).to(embeds.dtype)  # [B, d]
-        if image.shape[0] != budget:
-            raise RuntimeError(
-                f"{engine.method.name} returned {kept_image.numel()} kept + {n_merged} merged image tokens, "
-                f"expected budget={budget}"
-            )
+        shortfall = check_prellm_count(st.method, kept_image.numel(), n_merged, budget)
+        image = torch.cat(parts).to(embeds.dtype)  # [B', d], B' <= B distinct tokens
         embeds = torch.cat([embeds[:, :start], image[None], embeds[:, end:]], dim=1)
     n_image = kept_image.numel() + n_merged
     positions = None
@@ -162,7 +161,7 @@ def reduce_sample(engine, inputs: dict, instruction: str | None,
         keep = torch.cat([prompt[:start], start + kept_image, prompt[end:]])  # [N'] prompt columns kept, in order
         positions = engine.family.prellm_positions(engine.model, inputs, keep, n_merged)
     st.image_span = (start, start + n_image)
-    st.kept_image, st.n_merged = kept_image, n_merged
+    st.kept_image, st.n_merged, st.kept_fewer = kept_image, n_merged, shortfall
     st.vision_per_layer = [n_image] * engine.num_layers
     st.tokens_per_layer = [embeds.shape[1]] * engine.num_layers
     if engine.record_kept:

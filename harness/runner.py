@@ -156,7 +156,9 @@ def print_summary(results: dict, run_dir: Path) -> None:
     for prefix, f1s in _pope_splits(results).items():  # a suite without a POPE group: its headline, the mean F1
         lines.append(f"  {prefix}pope (mean of {len(f1s)} splits): pope_f1={_fmt(float(np.mean(f1s)))}")
     tokens, latency, flops = results["tokens"], results["latency_ms"], results["flops"]
-    lines.append(f"  image tokens per layer (realized): {_fmt(tokens.get('avg_vision_tokens'))}")
+    below = tokens.get("below_budget")
+    lines.append(f"  image tokens per layer (realized): {_fmt(tokens.get('avg_vision_tokens'))}" + (
+        f" (fewer than the budget {below['budget']} in {below['samples']} of {below['of']} samples)" if below else ""))
     lines.append(f"  latency (ms, mean of {latency.get('n_timed', 0)} timed samples): prefill "
                  f"{_fmt(latency['prefill'].get('mean'))}, decode/token {_fmt(latency['decode_per_token'].get('mean'))}, "
                  f"end-to-end {_fmt(latency['e2e'].get('mean'))}")
@@ -250,6 +252,10 @@ def summarize(out: dict, records: list[dict], engine: PruningEngine, model, cfg:
         tokens["realized_fraction"] = float(np.mean([np.mean(r["vision_per_layer"]) / r["image_tokens"]
                                                      for r in with_image]))
         tokens["budget_label"] = engine.family.budget_label(engine.decision.budget, tokens["image_tokens"])
+    short = [r for r in ok if r.get("kept_fewer")]
+    if short:  # a pre-LLM method that ran out of distinct tokens (CDPruner once its DPP has no gain left)
+        tokens["below_budget"] = {"budget": engine.decision.budget, "samples": len(short), "of": len(ok),
+                                  "avg_kept_fewer": float(np.mean([r["kept_fewer"] for r in ok]))}
     facts = {**engine.facts(), **declared_facts(engine.method)}
     if facts["schedule"] in ("paper", "derived"):  # the paper's own count, where the method declares one
         paper = paper_tokens(facts["paper_accounting"], engine.stages, engine.decision.budget, num_layers, num_images)

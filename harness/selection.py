@@ -45,8 +45,7 @@ def apply_stage(st, stage_index: int, stage: Stage, hidden: torch.Tensor, layer_
             f"{method.name} kept {keep.numel()} + merged {n_merged} tokens at layer {layer_idx}, "
             f"expected {stage.keep} + {stage.merged}"
         )
-    if keep.numel() and (keep.min() < 0 or keep.max() >= n_current or (keep.diff() <= 0).any()):
-        raise RuntimeError(f"{method.name} returned kept indices that are not sorted, unique and in range")
+    check_kept(method.name, keep, n_current, f" at layer {layer_idx}")
     device = hidden.device
     parts = [hidden[:, :start], hidden[:, start + keep]]
     if n_merged:
@@ -67,6 +66,45 @@ def apply_stage(st, stage_index: int, stage: Stage, hidden: torch.Tensor, layer_
     if record_kept:
         st.kept[layer_idx] = st.kept_image.tolist()
     return new_hidden
+
+
+def check_kept(name: str, keep: torch.Tensor, n: int, where: str = "") -> None:
+    """The engine's rule for every kept set: indices into the current `n` image tokens, sorted ascending, each
+    token at most once (a token fed twice would count twice in the budget while the LLM sees one token's content).
+
+    Raises:
+        RuntimeError: naming the method and what is wrong (a method bug, never a configuration error).
+    """
+    if keep.dim() != 1 or keep.dtype not in (torch.int64, torch.int32):
+        raise RuntimeError(f"{name} returned kept indices{where} of shape {tuple(keep.shape)} and dtype {keep.dtype}, "
+                           "expected a 1-D integer tensor")
+    if not keep.numel():
+        return
+    if keep.min() < 0 or keep.max() >= n:
+        raise RuntimeError(f"{name} returned kept indices{where} outside 0..{n - 1} "
+                           f"(min {int(keep.min())}, max {int(keep.max())})")
+    values, counts = torch.unique(keep, return_counts=True)
+    if (counts > 1).any():
+        repeated = ", ".join(f"{int(v)} x{int(c)}" for v, c in zip(values[counts > 1][:5], counts[counts > 1][:5]))
+        raise RuntimeError(f"{name} returned {keep.numel()} kept indices{where} but only {values.numel()} distinct "
+                           f"tokens (repeated: {repeated}): a kept set never repeats a token")
+    if (keep.diff() <= 0).any():
+        raise RuntimeError(f"{name} returned kept indices{where} that are not sorted ascending")
+
+
+def check_prellm_count(method, n_kept: int, n_merged: int, budget: int, where: str = "") -> int:
+    """A pre-LLM method's count: kept + merged equals `budget`, or falls short of it for a method that declares
+    `may_keep_fewer` (CDPruner, once its DPP has no gain left). Returns the shortfall (0: the budget is met).
+
+    Raises:
+        RuntimeError: any other count (a method bug).
+    """
+    n = n_kept + n_merged
+    if n == budget or (n < budget and getattr(method, "may_keep_fewer", False)):
+        return budget - n
+    why = " (fewer only for a method that declares may_keep_fewer)" if n < budget else ""
+    raise RuntimeError(f"{method.name} returned {n_kept} kept + {n_merged} merged image tokens{where}, "
+                       f"expected budget={budget}{why}")
 
 
 def score_before(st, layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ class PrefillState:
     pad: int = 0  # left padding of this sample in the current batched sequence
     orig_pad: int = 0  # its left padding in the batched prompt
     n_merged: int = 0
+    kept_fewer: int = 0  # image tokens the method was asked for and did not keep (pre-LLM `may_keep_fewer`)
     input_embeds: torch.Tensor | None = None  # [N, d]
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [H, R, N]
     stage_rope: dict[int, tuple] = field(default_factory=dict)  # stage layer -> (cos, sin) [N, hd] it applied

@@ -3,12 +3,15 @@
     tower = load_text_tower("openai/clip-vit-large-patch14-336", vision_width=1024)   # LLaVA-1.5's tower
     tower = load_text_tower("/path/to/local/clip", vision_width=1024)                 # a local snapshot
     tower = load_text_tower("tiny", vision_width=32)                                  # random, for tests
+    tower = load_text_tower("tiny-clip-shapes", vision_width=128)                     # under harness/assets
 
 LLaVA checkpoints hold the vision tower only; the text tower, its projection and the vision projection come
 from the CLIP checkpoint the tower was taken from (`from_pretrained`, a hub id or a local directory).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -17,9 +20,11 @@ from transformers import (
     CLIPTextModelWithProjection,
     CLIPVisionModelWithProjection,
 )
+from transformers.utils import logging as hf_logging
 
 ALLOWED = "a hub id or local directory of the CLIP checkpoint of the vision tower (LLaVA-1.5: " \
-          "openai/clip-vit-large-patch14-336), or 'tiny' (random weights, for tests)"
+          "openai/clip-vit-large-patch14-336; the embedded model: tiny-clip-shapes, under harness/assets), or " \
+          "'tiny' (random weights, for tests)"
 
 
 class ClipTextTower:
@@ -93,12 +98,24 @@ def load_text_tower(location: str | None, vision_width: int | None, key: str = "
                          f"(allowed: {ALLOWED})")
     if location == "tiny":
         return tiny_text_tower(vision_width)
+    from harness.model import ASSETS
+
+    if not Path(location).is_dir() and (ASSETS / location).is_dir():
+        location = str(ASSETS / location)  # a checkpoint shipped under harness/assets (tiny-clip-shapes)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # each half of a CLIPModel checkpoint reports the other half's keys as unexpected
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        text_model = CLIPTextModelWithProjection.from_pretrained(location)
-        vision = CLIPVisionModelWithProjection.from_pretrained(location)
+        text_model, text_info = CLIPTextModelWithProjection.from_pretrained(location, output_loading_info=True)
+        vision, vision_info = CLIPVisionModelWithProjection.from_pretrained(location, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{key}={location!r} could not be loaded ({err}) (allowed: {ALLOWED})") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(text_info["missing_keys"]) + sorted(vision_info["missing_keys"])  # silenced above: checked here
+    if missing:
+        raise ValueError(f"{key}={location!r} lacks {len(missing)} weights of a CLIP model ({', '.join(missing[:3])}, "
+                         f"...) (allowed: {ALLOWED})")
     if vision_width is not None and vision.config.hidden_size != vision_width:
         raise ValueError(f"{key}={location!r} belongs to a vision tower of width {vision.config.hidden_size}, "
                          f"not this model's {vision_width} (allowed: {ALLOWED})")

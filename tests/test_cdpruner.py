@@ -1,5 +1,6 @@
 """CDPruner against a slow reference that follows the official `encode_images` (Theia-4869/CDPruner, llava_arch.py):
-batched kernel, the fast greedy MAP loop with `cis[:i]` einsums; plus the text-encoder loading errors."""
+batched kernel, the fast greedy MAP loop with `cis[:i]` einsums, the picks scattered into a boolean mask; the kept
+set on the embedded model once the DPP's gains vanish; plus the text-encoder loading errors."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def official_select(image_features, image_embeds, text_embeds, visual_token_num:
         cis[i, :, :] = eis
         di2s -= torch.square(eis)
         di2s[torch.arange(B), j] = -float("inf")
-    return torch.sort(select_idx.t()).values[0].tolist()
+    select_idx = torch.sort(select_idx.t()).values
+    index_masks = torch.zeros(B, N, dtype=torch.bool)
+    index_masks.scatter_(1, select_idx, True)  # what the LLM gets: image_features[index_masks]
+    return index_masks[0].nonzero().flatten().tolist()
 
 
 def vision_parts(model, inputs):
@@ -66,8 +70,9 @@ def test_selection_matches_the_official_code(tiny, prompts, budget, index):
     with torch.no_grad():
         image_embeds = tower.visual_projection(tower.post_layernorm(hidden.float()))
         text_embeds = tower.encode_text(question)
-    assert engine.state.kept[0] == official_select(features, image_embeds, text_embeds, budget)
-    assert engine.state.vision_per_layer == [budget] * 32
+    kept = official_select(features, image_embeds, text_embeds, budget)
+    assert engine.state.kept[0] == kept
+    assert engine.state.vision_per_layer == [len(kept)] * 32 and engine.state.kept_fewer == budget - len(kept)
 
 
 def test_the_instruction_changes_the_selection_and_its_suffix_does_not(tiny, prompts):
@@ -121,3 +126,50 @@ def test_loads_a_local_clip_checkpoint_and_checks_the_tower_width(tiny, tmp_path
     assert tower.embed_patches(torch.randn(V, 24)).shape == (V, 8)
     with pytest.raises(ValueError, match=r"belongs to a vision tower of width 24, not this model's 32"):
         load_text_tower(str(tmp_path / "clip"), 32)
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    from harness.model import load_llava
+
+    return load_llava(pretrained="tiny-llava-shapes", dtype="float32", device="cpu")
+
+
+def shapes_gqa_inputs(processor, n: int = 2):
+    from harness.generation import model_inputs
+    from harness.shapes import data
+
+    rows = data.make_split("gqa", None, data.EVAL_SEEDS["gqa"], n)
+    return [(model_inputs(processor, [f"USER: <image>\n{data.prompt('gqa', r['question'])} ASSISTANT:"], [r["image"]],
+                          torch.device("cpu"), torch.float32), data.prompt("gqa", r["question"])) for r in rows]
+
+
+@pytest.mark.parametrize("budget", [192, 128])
+def test_the_default_model_gets_each_kept_token_once_and_the_shortfall_is_recorded(shapes_model, budget):
+    """The embedded model's projected features are 64-dim, so the DPP kernel has rank <= 64 and its greedy gains
+    vanish long before 128 picks; the official loop then repeats picks, and its mask keeps each once: the LLM gets
+    the distinct picks (about 70), the record counts them, and the shortfall is recorded (never 128 with tokens 0
+    and 1 fed ~30 times each)."""
+    model, processor = shapes_model
+    method = load_method("cdpruner", budget, text_encoder="tiny")  # the kernel's rank, not the text tower, is at issue
+    for inputs, question in shapes_gqa_inputs(processor):
+        engine = PruningEngine(model, method, record_kept=True)
+        with torch.no_grad(), engine:
+            engine.generate(inputs, instruction=question, max_new_tokens=1, do_sample=False)
+        st = engine.state
+        kept = st.kept[0]
+        assert len(kept) == len(set(kept)), "a kept set never repeats a token"
+        assert 64 <= len(kept) < budget
+        assert st.vision_per_layer == [len(kept)] * 32 and st.kept_fewer == budget - len(kept)
+        assert len(kept) == len(set(greedy_map_picks(method, inputs, question, model)))
+
+
+def greedy_map_picks(method, inputs, question, model) -> list[int]:
+    """The raw greedy picks of the official loop on this sample (repeats included)."""
+    from harness.methods.cdpruner import ANSWER_SUFFIX, conditional_kernel
+
+    features, hidden = vision_parts(model, inputs)
+    tower = method.tower
+    kernel = conditional_kernel(features[0], tower.embed_patches(hidden[0]),
+                                tower.encode_text(question.replace(ANSWER_SUFFIX, "")))
+    return greedy_map(kernel, method.budget).tolist()

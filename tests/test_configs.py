@@ -112,11 +112,20 @@ def test_method_instantiates_and_schedules(name, budget):
 
 
 def test_cdpruner_without_a_text_encoder_is_a_clear_error():
-    """The default model has no CLIP text tower: the error names the key before any sample runs."""
-    cfg = compose_resolved("config", ["method=cdpruner", "budget=64"])
+    """A model without a CLIP text tower: the error names the key before any sample runs."""
+    cfg = compose_resolved("config", ["method=cdpruner", "budget=64", "model.text_encoder=null"])
     method = instantiate(cfg.method)
     with pytest.raises(ValueError, match=r"method\.text_encoder=None"):
         method.schedule(L, V)
+
+
+def test_cdpruner_on_the_default_model_reads_the_shipped_text_tower():
+    """The embedded model's config names its CLIP text tower under harness/assets, loaded offline by schedule()."""
+    cfg = compose_resolved("config", ["method=cdpruner", "budget=64"])
+    assert cfg.model.name == "tiny_llava_shapes" and cfg.method.text_encoder == "tiny-clip-shapes"
+    method = instantiate(cfg.method)
+    method.schedule(L, V)
+    assert method.tower is not None and method.tower.vision_width == 128
 
 
 def test_every_method_config_instantiates():

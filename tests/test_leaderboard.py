@@ -323,3 +323,23 @@ def test_budget_cell_carries_the_family_label(runs_dir, capsys, tmp_path):
     rows = markdown_rows(out)
     col = rows["Method"].index("Budget")
     assert rows["fastv"][col] == "64 (320)" and rows["pool"][col] == "64"
+
+
+def test_tokens_cell_marks_a_run_that_kept_fewer_than_its_budget(runs_dir, capsys, tmp_path):
+    """results.json `tokens.below_budget` (a pre-LLM method out of distinct tokens): the realized count, marked."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_dir / "sweep", root)
+    path = root / "pool-64" / "results.json"
+    results = json.loads(path.read_text())
+    results["tokens"].update(avg_vision_tokens=41.5, below_budget={"budget": 64, "samples": 3, "of": 4,
+                                                                   "avg_kept_fewer": 22.5})
+    path.write_text(json.dumps(results))
+    code, out, err = run_cli([root, "--bootstrap", "0"], capsys)
+    assert code == 0, err
+    rows = markdown_rows(out)
+    col = rows["Method"].index("Tokens")
+    assert rows["pool"][col] == "41.5 (< 64)" and rows["fastv"][col] == "64.2"
+    code, out, err = run_cli([root, "--bootstrap", "0", "--format", "latex"], capsys)
+    assert code == 0 and "41.5 ($<$64)" in out, err

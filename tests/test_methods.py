@@ -11,6 +11,7 @@ from conftest import QUESTIONS
 
 from harness.engine import PruningEngine
 from harness.methods import load_method, method_names
+from harness.methods.base import Selection
 from harness.schedule import realized_budget, vision_per_layer
 
 METHODS = method_names()
@@ -59,11 +60,13 @@ def test_engine_follows_the_schedule(tiny, prompts, name):
         with engine:
             engine.generate(prompts[0], instruction=QUESTIONS[0], max_new_tokens=2, do_sample=False)
     counts = engine.state.vision_per_layer
-    if engine.pre_llm:
-        assert counts == [counts[0]] * L and abs(counts[0] - 192) <= 1
+    if engine.pre_llm:  # a method that may keep fewer (CDPruner: the tiny model's 64-dim features cap its DPP) says so
+        assert counts == [counts[0]] * L and abs(counts[0] + engine.state.kept_fewer - 192) <= 1
+        if not getattr(method, "may_keep_fewer", False):
+            assert engine.state.kept_fewer == 0
     else:
         assert counts == vision_per_layer(engine.stages, L, V)
-    assert abs(sum(counts) / L - 192) <= 1
+        assert abs(sum(counts) / L - 192) <= 1
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m not in NO_BUDGET])
@@ -72,3 +75,78 @@ def test_bad_budget_names_the_value(tiny, name, budget):
     model, _ = tiny
     with pytest.raises(ValueError, match=f"budget={budget!r}" if isinstance(budget, str) else f"budget={budget}"):
         PruningEngine(model, load_method(name, budget))
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m not in NO_BUDGET])
+@pytest.mark.parametrize("budget", [192, 64])
+def test_a_kept_set_never_repeats_a_token(tiny, prompts, name, budget):
+    """Engine-wide: every kept set holds distinct tokens and the recorded counts are those distinct tokens (+ merged);
+    a pre-LLM method keeps the budget, or fewer only if it declares `may_keep_fewer`, and the shortfall is recorded."""
+    model, _ = tiny
+    method = load_method(name, budget)
+    engine = PruningEngine(model, method, record_kept=True)
+    with torch.no_grad(), engine:
+        engine.generate(prompts[2], instruction=QUESTIONS[2], max_new_tokens=1, do_sample=False)
+    st = engine.state
+    assert st.kept, "record_kept records every stage's kept set"
+    for layer, kept in st.kept.items():
+        assert len(kept) == len(set(kept)) and kept == sorted(kept), (layer, kept)
+    if engine.pre_llm:
+        n = len(st.kept[0]) + st.n_merged
+        assert st.vision_per_layer == [n] * L and n + st.kept_fewer == budget
+        assert st.kept_fewer == 0 or getattr(method, "may_keep_fewer", False)
+    else:
+        assert st.kept_fewer == 0
+
+
+def _with_a_repeated_token(method):
+    """Make the method hand the engine its kept set with the first kept token twice (its count unchanged)."""
+    def repeat(sel: Selection) -> Selection:
+        keep = sel.keep.clone()
+        if keep.numel() >= 2:
+            keep[1] = keep[0]
+        else:  # pool keeps no original token: two copies of token 0
+            keep = torch.zeros(2, dtype=torch.long, device=keep.device)
+        return Selection(keep=keep, merged=sel.merged)
+
+    if getattr(method, "pre_llm", False):
+        reduce = method.reduce
+        method.reduce = lambda ctx: repeat(reduce(ctx))
+    else:
+        select = method.select
+        method.select = lambda ctx: repeat(select(ctx))
+    return method
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m not in NO_BUDGET])
+def test_the_engine_refuses_a_repeated_token(tiny, prompts, name):
+    """A method bug that repeats a token is one clear error, never a duplicate fed to the LLM and counted twice."""
+    model, _ = tiny
+    engine = PruningEngine(model, _with_a_repeated_token(load_method(name, 128)))
+    with torch.no_grad(), engine, pytest.raises(RuntimeError, match=f"{name} returned .* distinct tokens .*never repeats"):
+        engine.generate(prompts[0], instruction=QUESTIONS[0], max_new_tokens=1, do_sample=False)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m not in NO_BUDGET])
+def test_a_pre_llm_method_keeps_fewer_only_if_it_says_so(tiny, prompts, name):
+    model, _ = tiny
+    method = load_method(name, 128)
+    if not getattr(method, "pre_llm", False):
+        pytest.skip("in-LLM stages keep exactly their count (apply_stage)")
+    reduce = method.reduce
+
+    def one_fewer(ctx):  # drops the last kept token (pool, which keeps none: the last merged one)
+        sel = reduce(ctx)
+        if sel.keep.numel():
+            return Selection(keep=sel.keep[:-1], merged=sel.merged)
+        return Selection(keep=sel.keep, merged=sel.merged[:-1])
+
+    method.reduce = one_fewer
+    engine = PruningEngine(model, method)
+    with torch.no_grad(), engine:
+        if getattr(method, "may_keep_fewer", False):
+            engine.generate(prompts[0], instruction=QUESTIONS[0], max_new_tokens=1, do_sample=False)
+            assert engine.state.kept_fewer >= 1 and engine.state.vision_per_layer[0] + engine.state.kept_fewer == 128
+        else:
+            with pytest.raises(RuntimeError, match="expected budget=128 \\(fewer only for a method that declares"):
+                engine.generate(prompts[0], instruction=QUESTIONS[0], max_new_tokens=1, do_sample=False)

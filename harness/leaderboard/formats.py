@@ -27,6 +27,15 @@ def _budget(run) -> str:
     return str(run.budget) if label in (None, str(run.budget)) else f"{run.budget} ({label})"
 
 
+def _tokens(run, fmt: str, text: str) -> str:
+    """The realized tokens, marked where the method kept fewer than the budget asked in some samples (results.json
+    `tokens.below_budget`: CDPruner once its DPP has no gain left): "71.9 (< 128)"."""
+    below = (run.results.get("tokens") or {}).get("below_budget")
+    if not below or fmt == "csv":
+        return text
+    return f"{text} (< {below['budget']})" if fmt == "markdown" else f"{text} ($<${below['budget']})"
+
+
 def _cells(table: Table, row: Row, fmt: str) -> list[str]:
     missing = MISSING[fmt]
 
@@ -50,7 +59,7 @@ def _cells(table: Table, row: Row, fmt: str) -> list[str]:
     if not table.subset:
         hard = row.difficult.get("all")
         cells.append(missing if hard is None else f"{num(hard[0])} (n={hard[1]})")
-    cells.append(num(run.tokens()))
+    cells.append(_tokens(run, fmt, num(run.tokens())))
     if table.has_paper_tokens:
         cells.append(num(run.get("tokens", "avg_vision_tokens_paper")))
     cells.append(num(run.get("latency_ms", "prefill", "mean")))

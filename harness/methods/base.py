@@ -97,7 +97,8 @@ class PreLLMContext:
             (column 0 is CLS itself); None unless the method sets `needs_vision_attention`.
         keys: that layer's keys, `[Hv, V+1, dv_head]`; None unless `needs_vision_attention`.
         generator: a torch.Generator seeded for this sample.
-        budget: the image tokens to return (kept + merged): the decided `Schedule.budget`.
+        budget: the image tokens to return (kept + merged): the decided `Schedule.budget` (at most that, for a
+            method that declares `may_keep_fewer`).
         vision_hidden: the vision feature layer's patch states before the projector, `[V, dv]`; None unless
             the method sets `needs_vision_hidden`.
         instruction: the user's text of this sample (before the chat template), when the caller gives it.
@@ -140,6 +141,10 @@ class PreLLMMethod(Protocol):
     budget: int
     pre_llm: bool  # True
     needs_vision_attention: bool  # CLS-row attention + keys of the vision feature layer
+    # Optional `may_keep_fewer = True`: `reduce` may return fewer than `budget` tokens (CDPruner, whose greedy DPP
+    # repeats picks once its gains vanish, keeps each distinct pick once, as its official mask does); the engine
+    # records the shortfall per sample (`kept_fewer`) and results.json reports it (`tokens.below_budget`). Without
+    # it a count other than the budget is a method bug. No method may return a token twice (`check_kept`).
     # Optional `per_crop = True`: on a tower run in several crops (LLaVA-NeXT anyres), `reduce` is called once per
     # crop (its own features, CLS attention, keys and budget) and the family lays the crops out (`reduce_crops`).
 

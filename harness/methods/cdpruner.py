@@ -1,9 +1,10 @@
 """CDPruner: a conditional determinantal point process over the image tokens, conditioned on the instruction.
 
 Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning in MLLMs",
-NeurIPS 2025 (code: Theia-4869/CDPruner, `llava/model/llava_arch.py` `encode_images`,
-`llava/model/multimodal_encoder/clip_encoder.py`, `llava/eval/model_vqa_loader.py`). Pre-LLM: every decoder
-layer sees the same B image tokens, spliced in original order at contiguous positions.
+NeurIPS 2025 (code: Theia-4869/CDPruner at commit 9541616c40fcd5625de1cdb8ea6c33c129eb7864,
+`llava/model/llava_arch.py` `encode_images`, `llava/model/multimodal_encoder/clip_encoder.py`,
+`llava/eval/model_vqa_loader.py`). Pre-LLM: every decoder layer sees the same kept image tokens (at most B),
+spliced in original order at contiguous positions.
 
 With `x_i` the projected image features (what fills the image block), `z_i` the vision feature layer's patch
 states through CLIP's `post_layernorm` and `visual_projection`, and `t_m` the CLIP text embeddings of the
@@ -16,17 +17,27 @@ instruction (cut into windows of 77 tokens, one embedding per window):
 
 and B steps of the greedy MAP inference of Chen et al. (2018, "fast greedy MAP"): with `d_i^2 = L[i, i]`,
 pick `j = argmax d^2`, `e = (L[j] - c_{<t}[:, j]^T c_{<t}) / d_j`, append `e` to c, `d^2 -= e^2`, `d_j^2 = -inf`.
-The kept tokens are the B picks in original order. The instruction is the question without the suffix
-"\\nAnswer the question using a single word or phrase." (stripped as in the official `model_vqa_loader.py`).
+The kept tokens are the distinct picks in original order: the official code scatters its B picks into a boolean
+mask (`index_masks.scatter_(1, select_idx, True)`) and the LLM gets `image_features[index_masks]`. Its loop runs
+all B steps; it neither stops early nor checks the gains. The kernel's rank is at most the width d of the
+projected features (S is a Gram matrix of d-dim unit vectors: d = 4096 on LLaVA-1.5, 64 on the embedded model).
+Once it is spent the gains are ~0 (on the embedded model below 1e-6 after ~60 picks), `sqrt` of a non-positive
+gain gives NaN (after ~70 picks) and argmax returns indices already picked (tokens 0 and 1, about 30 times each
+at B = 128). The mask keeps each once, so the LLM sees fewer than B tokens (on the shapes suite 66-76, mean 71.9,
+at B = 128 and 192); so does this port (`may_keep_fewer`: the engine records the shortfall and results.json
+reports `tokens.below_budget`). The instruction is the question without
+the suffix "\\nAnswer the question using a single word or phrase." (stripped as in the official
+`model_vqa_loader.py`).
 
 Published settings: B = 192 / 128 / 64 (`scripts/v1_5/eval/*.sh <B>`), which is `schedule: matched` here
-(a pre-LLM method's realized budget is B exactly); there is no other published knob.
+(B exactly, unless the DPP's gains vanish before B picks, as above); there is no other published knob.
 
 Differences from the official code:
 - the text tower, `post_layernorm` and `visual_projection` are CLIP's own (`method.text_encoder`); the official
   code applies the LLaVA tower's `post_layernorm`, the same weights for LLaVA-1.5 (its tower is frozen CLIP);
 - everything is computed in fp32 (the official towers run in fp16, the kernel in fp32);
 - argmax ties go to the lower index (as torch.argmax); B = V keeps every token (nothing to prune).
+The kept set itself follows the official mask: the same picks, each kept once.
 """
 
 from __future__ import annotations
@@ -57,7 +68,8 @@ def conditional_kernel(features: torch.Tensor, patch_embeds: torch.Tensor, text_
 
 
 def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """Fast greedy MAP inference of a DPP (Chen et al. 2018): `[k]` picks in order.
+    """Fast greedy MAP inference of a DPP (Chen et al. 2018): `[k]` picks in order, as the official loop makes them
+    (all k steps; once the gains vanish the picks repeat earlier ones: `kept_mask` keeps each once).
 
     Args:
         kernel: `[V, V]` positive semi-definite kernel; k: picks (1 <= k <= V).
@@ -76,6 +88,13 @@ def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
     return picks
 
 
+def kept_mask(picks: torch.Tensor, n: int) -> torch.Tensor:
+    """The official `index_masks`: `[n]` bool, True at every pick (a repeated pick counts once)."""
+    mask = torch.zeros(n, dtype=torch.bool, device=picks.device)
+    mask[picks] = True
+    return mask
+
+
 class CDPruner:
     """CDPruner (NeurIPS 2025): conditional DPP (instruction relevance x feature similarity), before the LLM.
 
@@ -87,6 +106,7 @@ class CDPruner:
 
     name = "cdpruner"
     pre_llm = True
+    may_keep_fewer = True  # the distinct picks: fewer than B once the DPP's gains vanish (see the module docstring)
     needs_vision_attention = False
     needs_vision_hidden = True
 
@@ -121,4 +141,4 @@ class CDPruner:
         instruction = ctx.instruction.replace(ANSWER_SUFFIX, "")
         kernel = conditional_kernel(features, self.tower.embed_patches(ctx.vision_hidden),
                                     self.tower.encode_text(instruction))
-        return Selection(keep=torch.sort(greedy_map(kernel, ctx.budget)).values)
+        return Selection(keep=kept_mask(greedy_map(kernel, ctx.budget), n_image).nonzero().flatten())

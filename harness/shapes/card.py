@@ -155,6 +155,8 @@ LLaVA-1.5-7B layer schedules of FastV, SparseVLM, AdaptInfer and PDrop apply unc
     # prompt: "USER: <image>\\n{{question}} ASSISTANT:", greedy, stop at </s>
 
 Reproduce: `python -m harness.shapes.train` (resumable; `--export-only` rewrites this directory).
+CDPruner's CLIP text tower for this model's vision tower (the model config's `text_encoder`):
+[tiny-clip-shapes](../tiny-clip-shapes/README.md), trained by `python -m harness.shapes.train_text`.
 
 ## Architecture
 - Vision: CLIP tower, hidden 128, 4 layers, 4 heads, MLP 512, 336 px, patch 14 -> 576 patch tokens + CLS;
