@@ -60,15 +60,14 @@ def write_report(out: str | Path, stem: str, report: dict, markdown: str) -> Non
     print(f"written: {out / f'{stem}.json'}, {out / f'{stem}.md'}")
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write strict JSON (secrets redacted: `harness.secrets`) to a temp file in the same directory, fsync,
-    then rename over `path`."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to a temp file in the same directory, fsync, then rename over `path`: a kill at any moment
+    leaves the old file or the new one, never a truncated one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_finite(scrub(data)), f, indent=2, default=str, allow_nan=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -76,21 +75,16 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Strict JSON (secrets redacted: `harness.secrets`), written atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(_finite(scrub(data)), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def write_lines_atomic(path: Path, lines: list[str]) -> None:
-    """Write `lines` to a temp file beside `path`, fsync, then rename over it (never truncated in place)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(line + "\n" for line in lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """JSON lines written atomically (`write_text_atomic`): samples.jsonl is never truncated in place."""
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def load_records(path: str | Path) -> tuple[dict[tuple[str, int], dict], list[str]]:
@@ -159,17 +153,7 @@ class SampleLog:
         self.close()
         if not self.path.exists() or len(self.path.read_text().splitlines()) == len(self.records):
             return
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.writelines(json.dumps(record) + "\n" for record in self.records.values())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_lines_atomic(self.path, [json.dumps(record) for record in self.records.values()])
 
 
 def read_results(run_dir: str | Path) -> dict:

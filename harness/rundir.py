@@ -306,6 +306,8 @@ class RunDir:
         after the identity check, so a refused run never rewrites another run's description."""
         from hydra.core.hydra_config import HydraConfig
 
+        from harness.results import write_text_atomic
+
         try:
             hydra_cfg = HydraConfig.get()
         except ValueError:  # run() called without Hydra: nothing to record
@@ -318,7 +320,7 @@ class RunDir:
             for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
                                ("overrides.yaml", hydra_cfg.overrides.task)):
                 text = OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(node, resolve=False))))
-                _write_text(self.create(folder / name), text)
+                write_text_atomic(self.create(folder / name), text)
         self._attach_log(self.create(self.path / "run.log"))
 
     def _attach_log(self, path: Path) -> None:
@@ -348,12 +350,6 @@ class RunDir:
                 pass
         self.created.clear()
         remove_if_new_and_empty(self.path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def has_samples(run_dir: str | Path) -> bool:
