@@ -182,22 +182,27 @@ def print_summary(results: dict, run_dir: Path) -> None:
 
 
 def vanilla_speedup(results: dict, run_dir: Path) -> str | None:
-    """`speedup vs vanilla: ...` from the batch-1 latency means of this run and of the vanilla run of the same
-    model and suite beside it (`<run dir>/../vanilla`), when there is one and this run is not vanilla."""
-    vanilla_dir = Path(run_dir).parent / "vanilla"
-    if results.get("method") == "vanilla" or not (vanilla_dir / "results.json").is_file():
+    """`speedup vs vanilla: ...` from the batch-1 latency means of this run and of a vanilla run beside it
+    (a sibling run dir of method vanilla with the same model, tasks, seed and max_new_tokens), if any."""
+    if results.get("method") == "vanilla":
         return None
-    try:
-        vanilla = read_json(vanilla_dir / "results.json")
-    except ValueError:
-        return None
-    mine, theirs = results["latency_ms"], vanilla.get("latency_ms") or {}
-    parts = [f"{name} {theirs[key]['mean'] / mine[key]['mean']:.2f}x" for key, name in (("prefill", "prefill"),
-             ("e2e", "end-to-end")) if (theirs.get(key) or {}).get("mean") and (mine.get(key) or {}).get("mean")]
-    if not parts:
-        return None
-    return (f"  speedup vs vanilla ({vanilla_dir}): {', '.join(parts)} (batch-1 latency means over "
-            f"{mine.get('n_timed')} and {theirs.get('n_timed')} timed samples)")
+    mine = results["latency_ms"]
+    same = ("model", "tasks", "seed", "max_new_tokens")
+    for sibling in sorted(Path(run_dir).parent.glob("vanilla*/results.json")):
+        try:
+            vanilla = read_json(sibling)
+        except ValueError:
+            continue
+        config, theirs = vanilla.get("config") or {}, vanilla.get("latency_ms") or {}
+        if vanilla.get("method") != "vanilla" or any(config.get(k) != results["config"].get(k) for k in same):
+            continue
+        parts = [f"{name} {theirs[key]['mean'] / mine[key]['mean']:.2f}x" for key, name in
+                 (("prefill", "prefill"), ("e2e", "end-to-end"))
+                 if (theirs.get(key) or {}).get("mean") and (mine.get(key) or {}).get("mean")]
+        if parts:
+            return (f"  speedup vs vanilla ({sibling.parent}): {', '.join(parts)} (batch-1 latency means over "
+                    f"{mine.get('n_timed')} and {theirs.get('n_timed')} timed samples)")
+    return None
 
 
 def _pope_splits(results: dict) -> dict[str, list[float]]:

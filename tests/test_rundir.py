@@ -171,7 +171,7 @@ def test_a_complete_run_is_left_as_it_is(cache, tmp_path):
 
 def test_vanilla_has_one_run_dir_whatever_the_budget(cache, tmp_path):
     args = ["model=tiny_random", "tasks=fixtures", "tasks.names=[mme]", "method=vanilla", "limit=1",
-            "max_new_tokens=1", "logger=none"]
+            "max_new_tokens=1", "logger=none", "warmup=0"]
     first = cli(args, cache, cwd=tmp_path)
     second = cli([*args, "budget=64"], cache, cwd=tmp_path)
     assert first.returncode == second.returncode == 0, second.stderr[-3000:]
@@ -179,6 +179,10 @@ def test_vanilla_has_one_run_dir_whatever_the_budget(cache, tmp_path):
     (run_dir,) = [p.parent for p in tmp_path.rglob("results.json")]
     assert run_dir.name == "vanilla+max_new_tokens=1,tasks.names=[mme]"  # no budget in it
     assert json.loads((run_dir / "run.json").read_text())["identity"]["budget"] is None
+    pruned = cli([*args[:3], "method=fastv", "budget=64", *args[4:]], cache, cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert "throughput (batch 1):" in pruned.stdout and "samples/s" in pruned.stdout
+    assert f"speedup vs vanilla ({run_dir}): prefill" in pruned.stdout  # the vanilla run beside it
 
 
 @pytest.mark.parametrize(("args", "message"), [
