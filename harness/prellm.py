@@ -8,7 +8,8 @@ sample's block, as in-LLM methods), splices the kept + merged features into the 
 place of the image block, and generates from `inputs_embeds`. A method whose official port reduces each
 tower crop on its own (VisionZip on LLaVA-NeXT) gets one `PreLLMContext` per crop instead, at the fraction
 budget/576 of that crop's patches, and the family lays the crops out (`reduce_crops`). Every layer then sees the reduced block
-(`vision_per_layer` is the sample's budget at every layer). Positions come from the family
+(`vision_per_layer` is the sample's budget at every layer, or the fewer distinct tokens a method that declares
+`may_keep_fewer` kept; never a token twice: `harness.selection.check_kept`). Positions come from the family
 (`ModelFamily.prellm_positions`): with 1-D RoPE (LLaVA-1.5, LLaVA-NeXT) the reduced prompt is numbered
 0..N'-1 and decode continues from N', as the official pre-LLM code does; under Qwen2.5-VL's 3-D M-RoPE every
 kept token keeps its original (temporal, height, width) position and decode continues where the full prompt's

@@ -30,7 +30,10 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
             assert row[field] is not None and row[field] >= 0, (key, field)
         if key[0] != "vanilla":
             assert row["flops_reduction"] > 0 and row["ideal_speedup"] > 1
-            assert abs(row["avg_vision_tokens"] - key[1]) <= 1
+            if key == ("cdpruner", 192):  # the tiny model's 64-dim features cap its DPP: the distinct picks, fewer
+                assert 64 <= row["avg_vision_tokens"] < 192
+            else:
+                assert abs(row["avg_vision_tokens"] - key[1]) <= 1
             assert row["kv_cache_bytes"] < rows[("vanilla", 576)]["kv_cache_bytes"]
     if sys.platform == "linux":  # a peak window per call: the pruned calls need less than vanilla's
         assert report["peak_kind"] == "peak_rss"
