@@ -8,18 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import QUESTIONS
 from PIL import Image
 
 import harness.rundir  # noqa: F401  (the `batch_tag` resolver of conf/config.yaml's run dirs, as run.py registers it)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-QUESTIONS = [
-    "is there a red circle in the image ?",
-    "what colour is the star ?",
-    "how many objects are there in the picture ? answer the question using a single word or phrase .",
-]
-
 
 @pytest.fixture(scope="session")
 def tiny():

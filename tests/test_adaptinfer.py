@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from transformers.models.llama.modeling_llama import rotate_half
 
 from harness.engine import PruningEngine
@@ -17,7 +14,6 @@ from harness.methods.adaptinfer import AdaptInfer
 from harness.schedule import paper_budget, realized_budget
 
 V = 576
-ROOT = Path(__file__).parents[1]
 
 
 def full_attention(layer, hidden: torch.Tensor, position_ids: torch.Tensor, rotary) -> torch.Tensor:
@@ -146,23 +142,21 @@ def test_bad_options_are_clear_errors():
         AdaptInfer(64, positions="shifted")
 
 
-def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "run.py", "model=tiny_random", "logger=none", "method=adaptinfer", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+ADAPTINFER = ["model=tiny_random", "logger=none", "method=adaptinfer"]
 
 
 def test_run_labels_the_derived_schedule_and_refuses_paper_192(tmp_path):
     """run.py: schedule=paper budget=192 is one clear error and no run dir; schedule=derived runs and results.json
     says derived (with the paper's accounting, 192.1), per-layer decode positions and compact positions."""
-    bad = run_cli(["budget=192", "method.schedule=paper", f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
+    bad = run_cli([*ADAPTINFER, "budget=192", "method.schedule=paper", f"hydra.run.dir={tmp_path / 'bad'}"],
+                  tmp_path / "cache", threads=2)
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "budget=192 has no published AdaptInfer schedule" in errors[0], bad.stderr[-2000:]
     assert not (tmp_path / "bad").exists()
     run_dir = tmp_path / "derived"
-    ok = run_cli(["budget=192", "method.schedule=derived", "tasks=fixtures", "tasks.names=[gqa]", "limit=2",
-                  "max_new_tokens=2", f"hydra.run.dir={run_dir}"], tmp_path)
+    ok = run_cli([*ADAPTINFER, "budget=192", "method.schedule=derived", "tasks=fixtures", "tasks.names=[gqa]", "limit=2",
+                  "max_new_tokens=2", f"hydra.run.dir={run_dir}"], tmp_path / "cache", threads=2)
     assert ok.returncode == 0, ok.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method_facts"] == {"positions": "compact", "decode_positions": "per_layer", "schedule": "derived",

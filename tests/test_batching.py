@@ -15,10 +15,10 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from helpers import MODEL_CONF
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 from PIL import Image
-from test_families import MODEL_CONF
 
 from harness.engine import PruningEngine
 from harness.families import check_family, family_named, method_overrides

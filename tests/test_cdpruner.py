@@ -56,7 +56,7 @@ def vision_parts(model, inputs):
 
 @pytest.mark.parametrize("budget,index", [(64, 0), (128, 2)])
 def test_selection_matches_the_official_code(tiny, prompts, budget, index):
-    from conftest import QUESTIONS
+    from helpers import QUESTIONS
 
     model, _ = tiny
     inputs = prompts[index]

@@ -3,32 +3,15 @@ tokens (read from its config alone), the method's options, the tasks and their d
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
+from helpers import ROOT, compose_job, run_cli
 
 import harness.model
 from harness import runner
 from harness.checks import check_method
 from harness.model import model_shape, read_config
 
-ROOT = Path(__file__).parents[1]
 BIG = ["model=llava_1_5_7b", "tasks=paper", "logger=none"]
-
-
-def compose_job(overrides: list[str]):
-    """The config run.py would get (Hydra's `${hydra:...}` resolved), without its `hydra` node."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return OmegaConf.create(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
-                                                   resolve=True))
 
 
 @pytest.fixture
@@ -96,10 +79,8 @@ def test_check_method_returns_the_method_the_engine_gets():
     ],
 )
 def test_run_py_on_the_7b_model_is_one_line_and_exit_2_without_the_hub(args, message, tmp_path):
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
-           "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *BIG, *args, f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = run_cli([*BIG, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache",
+                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [message]
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

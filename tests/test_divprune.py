@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import official_divprune
 
 from harness.engine import PruningEngine
 from harness.methods import load_method
@@ -11,22 +12,6 @@ from harness.methods.base import PreLLMContext
 from harness.methods.divprune import DivPrune, max_min_select
 
 V = 576
-
-
-def official_divprune(features: torch.Tensor, k: int) -> list[int]:
-    """The official selection, step by step: D = 1 - cos; first pick = argmax of each column's second-smallest
-    distance; then argmax over columns of the min over the selected rows (recomputed from scratch each step)."""
-    x = features.double()
-    unit = x / x.norm(dim=1, keepdim=True)
-    distance = 1.0 - unit @ unit.T
-    picks: list[int] = []
-    for i in range(k):
-        if i == 0:
-            scores = torch.topk(distance, 2, dim=0, largest=False).values[1, :]
-        else:
-            scores = distance[torch.tensor(picks)].min(dim=0).values
-        picks.append(int(torch.argmax(scores)))
-    return picks
 
 
 @pytest.mark.parametrize("budget", [1, 7, 56, 64, 192])

@@ -4,14 +4,12 @@ rerun after the data is fixed retries it, its new record replacing the old one."
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from datasets import DatasetDict
+from helpers import run_cli
 from task_score import score
 
 from harness import fixtures
@@ -19,15 +17,7 @@ from harness.results import SampleLog
 from harness.scoring import FAILED_RESPONSE, gqa, mme, pope, scorer_for
 from harness.tasks import load_tasks, task_manager
 
-ROOT = Path(__file__).parents[1]
 BAD_IMAGE = {"bytes": b"definitely not a PNG", "path": None}
-
-
-def run_cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,68 +8,39 @@ positions; text-only prompts; two image sizes on Qwen2.5-VL.
 
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from hydra.utils import get_class
+from helpers import (
+    MODEL_CONF,
+    SIZES,
+    family_inputs,
+    image_count,
+    is_pre_llm,
+    method_for,
+    run_cli,
+    run_fixtures,
+)
 from omegaconf import OmegaConf
-from PIL import Image
 from reference import hidden_by_layer, masked_reference
 
 from harness.engine import PruningEngine
 from harness.families import (
     REFERENCE_TOKENS,
     family_of,
-    method_overrides,
     scaled_budget,
 )
-from harness.methods import METHOD_CONF, load_method, method_names
+from harness.methods import load_method, method_names
 from harness.model import load_model
 
-MODEL_CONF = Path(__file__).parents[1] / "conf" / "model"
-QUESTION = "what colour is the star ?"
-SIZES = {"llava_next": [(200, 300)], "qwen2_5_vl": [(224, 224), (280, 336)]}  # Qwen: 64 and 120 image tokens
-
-
-def is_pre_llm(name: str) -> bool:
-    return bool(getattr(load_method(name, 64), "pre_llm", False))
-
-
 IN_LLM = [m for m in method_names() if m != "blind" and not is_pre_llm(m)]
-PRE_LLM = [m for m in method_names() if is_pre_llm(m)]
-
-
-def make_inputs(processor, cfg, size: tuple[int, int] | None, seed: int = 0) -> dict:
-    if size is None:  # text-only: the template without its image placeholder
-        text = cfg.prompt.replace(f"{cfg.image_placeholder}\n", "").replace(cfg.image_placeholder, "")
-        inputs = dict(processor.tokenizer(text.format(question=QUESTION), return_tensors="pt"))
-    else:
-        rng = np.random.RandomState(seed)
-        image = Image.fromarray((rng.rand(*size, 3) * 255).astype("uint8"))
-        inputs = dict(processor(images=image, text=cfg.prompt.format(question=QUESTION), return_tensors="pt"))
-    inputs.pop("attention_mask", None)
-    return inputs
-
-
-def method_for(name: str, budget, cfg, **extra):
-    """The method as run.py builds it on this model (its config's overrides), plus `extra` where it accepts them."""
-    accepted = inspect.signature(get_class(OmegaConf.load(METHOD_CONF / f"{name}.yaml")._target_)).parameters
-    overrides = {**method_overrides(cfg, name), **{k: v for k, v in extra.items() if k in accepted}}
-    return load_method(name, budget, **overrides)
-
-
-def image_count(model, inputs) -> int:
-    return int((inputs["input_ids"][0] == family_of(model).image_token_id(model)).sum())
 
 
 @pytest.mark.parametrize("name", IN_LLM)
 def test_full_budget_is_exactly_vanilla(family, name):
     fam, model, processor, cfg = family
     for size in SIZES[fam]:
-        inputs = make_inputs(processor, cfg, size)
+        inputs = family_inputs(processor, cfg, size)
         n = inputs["input_ids"].shape[1]
         kwargs = dict(max_new_tokens=3, do_sample=False, output_logits=True)
         with torch.no_grad():
@@ -89,7 +60,7 @@ def test_pruned_run_equals_masked_reference_and_realizes_the_fraction(family, na
     the mean image tokens per layer is round(192 * V / 576) +-1 for each image size."""
     fam, model, processor, cfg = family
     for seed, size in enumerate(SIZES[fam]):
-        inputs = make_inputs(processor, cfg, size, seed)
+        inputs = family_inputs(processor, cfg, size, seed)
         n, v = inputs["input_ids"].shape[1], image_count(model, inputs)
         method = method_for(name, 192, cfg, positions="original", decode_positions="global", variant="v2")
         with torch.no_grad():
@@ -113,7 +84,7 @@ def test_fastv_kept_set_is_the_top_of_eager_attention(family):
     """FastV's kept set on each family: top-k of layer K-1's last-row eager attention, mean over heads."""
     fam, model, processor, cfg = family
     for size in SIZES[fam]:
-        inputs = make_inputs(processor, cfg, size)
+        inputs = family_inputs(processor, cfg, size)
         ids = inputs["input_ids"][0]
         where = (ids == family_of(model).image_token_id(model)).nonzero().flatten()
         start, end = int(where[0]), int(where[-1]) + 1
@@ -138,7 +109,7 @@ def test_per_layer_decode_continues_at_hf_positions_when_nothing_is_pruned(famil
     """decode_positions=per_layer at full budget: each layer's cache is full, so its position is HF's own
     (Qwen2.5-VL: cache length + rope_deltas); the run is vanilla exactly."""
     fam, model, processor, cfg = family
-    inputs = make_inputs(processor, cfg, SIZES[fam][-1])
+    inputs = family_inputs(processor, cfg, SIZES[fam][-1])
     n = inputs["input_ids"].shape[1]
     with torch.no_grad():
         ref = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
@@ -155,7 +126,7 @@ def test_per_layer_decode_continues_at_hf_positions_when_nothing_is_pruned(famil
 @pytest.mark.parametrize("name", ["fastv", "sparsevlm", "pdrop"])
 def test_text_only_prompt_is_vanilla(family, name):
     _, model, processor, cfg = family
-    inputs = make_inputs(processor, cfg, None)
+    inputs = family_inputs(processor, cfg, None)
     n = inputs["input_ids"].shape[1]
     with torch.no_grad():
         ref = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
@@ -174,7 +145,7 @@ def test_qwen_image_sizes_get_their_own_schedules():
     counts, keeps = [], []
     with torch.no_grad(), engine:
         for size in SIZES["qwen2_5_vl"]:
-            inputs = make_inputs(processor, cfg, size)
+            inputs = family_inputs(processor, cfg, size)
             engine.generate(inputs, max_new_tokens=1, do_sample=False)
             counts.append(engine.state.image_tokens)
             keeps.append(engine.stages[0].keep)
@@ -209,30 +180,6 @@ def test_7b_architectures_build_offline_with_the_hub_parameter_count(config, cou
     assert sum(p.numel() for p in model.parameters()) == count
 
 
-def run_cli(args: list[str], tmp_path: Path):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "run.py", *args], cwd=MODEL_CONF.parents[1], env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def run_fixtures(model: str, method: str, limit: int, tmp_path: Path, *extra: str) -> tuple[dict, list[dict]]:
-    """`run.py` on the fixture tasks at budget 64 (3 new tokens, `extra` overrides): (results.json, samples), every
-    sample answered."""
-    import json
-
-    run_dir = tmp_path / "run"
-    proc = run_cli([f"model={model}", "tasks=fixtures", f"method={method}", "budget=64", f"limit={limit}",
-                    "max_new_tokens=3", "logger=none", f"hydra.run.dir={run_dir}", *extra], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert samples and all(s["error"] is None for s in samples)
-    return json.loads((run_dir / "results.json").read_text()), samples
-
-
 def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
     results, samples = run_fixtures("tiny_qwen2_5_vl", "fastv", 1, tmp_path)
     tokens = results["tokens"]
@@ -265,7 +212,7 @@ def test_adaptinfer_on_qwen_uses_its_official_port_layers(family):
 def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, model):
     proc = run_cli([f"model={model}", "tasks=fixtures", "method=adaptinfer", "budget=128", "method.schedule=paper",
                     "method.positions=original", "limit=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-                   tmp_path)
+                   tmp_path / "cache", threads=2)
     assert proc.returncode != 0
     family = "llava_next" if model == "tiny_llava_next" else "qwen2_5_vl"
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -276,7 +223,7 @@ def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, m
 
 def test_run_py_refuses_a_method_the_family_cannot_run(tmp_path):
     proc = run_cli(["model=tiny_qwen2_5_vl", "tasks=fixtures", "method=visionzip", "budget=64", "limit=1",
-                    "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+                    "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache", threads=2)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: visionzip reads the vision CLS token's attention; the qwen2_5_vl vision tower has no CLS token")

@@ -10,23 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, error_line, run_cli
 
-ROOT = Path(__file__).parents[1]
 SMALL = ["model=tiny_random", "tasks=fixtures", "tasks.names=[mme]", "method=fastv", "budget=64", "limit=2",
          "max_new_tokens=2", "logger=none"]
-
-
-def run_cli(args: list[str], cache: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ and the paper's own token count (`tokens.avg_vision_tokens_paper`) written only 
 from __future__ import annotations
 
 import pytest
-from test_checks import compose_job
+from helpers import compose_job
 
 from harness import runner
 from harness.methods import load_method, method_names

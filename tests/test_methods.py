@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import QUESTIONS
+from helpers import QUESTIONS
 
 from harness.engine import PruningEngine
 from harness.methods import load_method, method_names

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import (
+    MODEL_CONF,
+    PRE_LLM,
+    SIZES,
+    family_inputs,
+    greedy_without_cache,
+    image_count,
+    method_for,
+    official_divprune,
+    run_fixtures,
+)
 from omegaconf import OmegaConf
 from reference import hidden_by_layer, masked_reference
-from test_families import MODEL_CONF, PRE_LLM, SIZES, image_count, make_inputs, method_for, run_fixtures
 
 from harness.engine import PruningEngine
 from harness.families import REFERENCE_TOKENS
@@ -39,25 +49,12 @@ def test_pre_llm_methods_that_cannot_run_fail_with_one_clear_line(family, name):
         PruningEngine(model, method_for(name, 64, cfg))
 
 
-def greedy_without_cache(model, embeds: torch.Tensor, steps: int) -> list[int]:
-    """Slow reference decode: the whole sequence recomputed at every step, positions 0..n-1, no cache."""
-    tokens = []
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(inputs_embeds=embeds, use_cache=False).logits[0, -1]
-            tokens.append(int(logits.argmax()))
-            embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor([[tokens[-1]]]))], dim=1)
-    return tokens
-
-
 @pytest.mark.parametrize("size", [(200, 300), (336, 336)])  # 1x2 and 2x2 tiles: different block lengths
 @pytest.mark.parametrize("name", list(FEATURES_ONLY))
 def test_pre_llm_on_llava_next_keeps_the_fraction_splices_the_block_and_decodes(name, size):
-    from test_divprune import official_divprune
-
     cfg = OmegaConf.load(MODEL_CONF / "tiny_llava_next.yaml")
     model, processor = load_model("llava_next", config="tiny", num_layers=4, dtype="float32", device="cpu", seed=0)
-    inputs = make_inputs(processor, cfg, size)
+    inputs = family_inputs(processor, cfg, size)
     ids = inputs["input_ids"][0]
     where = (ids == model.config.image_token_index).nonzero().flatten()
     start, end = int(where[0]), int(where[-1]) + 1
@@ -112,13 +109,11 @@ def test_pre_llm_on_qwen_keeps_each_kept_token_at_its_3d_position(name):
     prompt gives the tokens and logits of the full prompt with the dropped image tokens masked out of every layer
     (the shared masked-eager reference, HF's own M-RoPE positions, decode included). Budget 576 is vanilla bit
     for bit (the same embeddings at the same positions)."""
-    from test_divprune import official_divprune
-
     cfg = OmegaConf.load(MODEL_CONF / "tiny_qwen2_5_vl.yaml")
     model, processor = load_model("qwen2_5_vl", config="tiny", num_layers=4, dtype="float32", device="cpu", seed=0)
     kwargs = dict(max_new_tokens=4, do_sample=False, output_logits=True)
     for seed, size in enumerate(SIZES["qwen2_5_vl"]):
-        inputs = make_inputs(processor, cfg, size, seed)
+        inputs = family_inputs(processor, cfg, size, seed)
         n, v = inputs["input_ids"].shape[1], image_count(model, inputs)
         start = int((inputs["input_ids"][0] == model.config.image_token_id).nonzero()[0])
         budget = 0 if name == "blind" else round(192 * v / REFERENCE_TOKENS)

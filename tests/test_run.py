@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, start_cli
 
-ROOT = Path(__file__).parents[1]
 FIXTURE_RUN = ["model=tiny_random", "tasks=fixtures", "method=fastv", "budget=64", "limit=4",
                "max_new_tokens=12", "logger=none"]
 N_SAMPLES = 4 + 4 + 3 * 4  # gqa, mme, pope_{adversarial,popular,random} with limit=4
-
-
-def run_cli(args: list[str], cache: Path, wait: bool = True, **kwargs):
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "run.py", *args]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # never blocks on a full pipe
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
 def kill_after(proc: subprocess.Popen, samples: Path, n: int) -> None:
@@ -47,7 +37,7 @@ def cache(tmp_path_factory) -> Path:
 def full_run(tmp_path_factory, cache) -> Path:
     """One uninterrupted run, shared by the contract and resume tests."""
     run_dir = tmp_path_factory.mktemp("runs") / "fastv-64"
-    proc = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache)
+    proc = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, threads=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -90,12 +80,12 @@ def test_results_and_samples_follow_the_contract(full_run):
 def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):
     run_dir = tmp_path / "resumed"
     samples = run_dir / "samples.jsonl"
-    kill_after(run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, wait=False), samples, 6)
+    kill_after(start_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, threads=2, capture=False), samples, 6)
     done_before = len(samples.read_text().splitlines())
     assert 6 <= done_before < N_SAMPLES
     assert not (run_dir / "results.json").exists()
 
-    again = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache)
+    again = run_cli([*FIXTURE_RUN, f"hydra.run.dir={run_dir}"], cache, threads=2)
     assert again.returncode == 0, again.stderr[-3000:]
     records = [json.loads(line) for line in samples.read_text().splitlines()]
     keys = [(r["task"], r["doc_id"]) for r in records]
@@ -116,9 +106,9 @@ def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_
     run_dir = tmp_path / "batched"
     args = [*FIXTURE_RUN, "batch_size=2", "warmup=0", "latency_samples=0", f"hydra.run.dir={run_dir}"]
     samples = run_dir / "samples.jsonl"
-    kill_after(run_cli(args, cache, wait=False), samples, 6)
+    kill_after(start_cli(args, cache, threads=2, capture=False), samples, 6)
     assert 6 <= len(samples.read_text().splitlines()) < N_SAMPLES
-    again = run_cli(args, cache)
+    again = run_cli(args, cache, threads=2)
     assert again.returncode == 0, again.stderr[-3000:]
     report = compare_runs(full_run, run_dir)
     assert report["n"] == N_SAMPLES and report["differences"] == [], report["differences"][:5]
@@ -138,7 +128,7 @@ def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_
 )
 def test_bad_input_is_one_clear_line_and_no_run_dir(args, message, cache, tmp_path):
     run_dir = tmp_path / "bad"
-    proc = run_cli(["model=tiny_random", "method=fastv", "logger=none", *args, f"hydra.run.dir={run_dir}"], cache)
+    proc = run_cli(["model=tiny_random", "method=fastv", "logger=none", *args, f"hydra.run.dir={run_dir}"], cache, threads=2)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
@@ -146,7 +136,7 @@ def test_bad_input_is_one_clear_line_and_no_run_dir(args, message, cache, tmp_pa
 
 
 def test_unknown_method_is_one_line_naming_the_allowed_ones(cache, tmp_path):
-    proc = run_cli(["method=nope", f"hydra.run.dir={tmp_path / 'bad'}"], cache)
+    proc = run_cli(["method=nope", f"hydra.run.dir={tmp_path / 'bad'}"], cache, threads=2)
     assert proc.returncode == 2
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert "method=nope: no such method 'nope'" in line and "fastv" in line  # lists the allowed ones
@@ -167,7 +157,7 @@ def test_undecodable_image_is_recorded_and_the_run_continues(cache, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(["model=tiny_random", "tasks=paper", "tasks.names=[pope_random]", f"tasks.data.pope={tmp_path / 'pope'}",
                     "method=fastv", "budget=64", "limit=3", "max_new_tokens=2", "logger=none",
-                    f"hydra.run.dir={run_dir}"], cache)
+                    f"hydra.run.dir={run_dir}"], cache, threads=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["tasks"]["pope_random"]["n"] == 3 and results["tasks"]["pope_random"]["n_failed"] == 1
@@ -180,8 +170,8 @@ def test_evidence_recall_is_one_at_full_budget_and_below_one_when_pruned(cache, 
     """record_kept=true on the shapes tasks: the share of evidence patches that survive each stage."""
     common = ["model=tiny_random", "tasks=shapes", "tasks.names=[shapes_gqa]", "limit=3", "max_new_tokens=1",
               "record_kept=true", "logger=none", "method=fastv"]
-    full = run_cli([*common, "budget=576", f"hydra.run.dir={tmp_path / 'full'}"], cache)
-    pruned = run_cli([*common, "budget=40", f"hydra.run.dir={tmp_path / 'pruned'}"], cache)
+    full = run_cli([*common, "budget=576", f"hydra.run.dir={tmp_path / 'full'}"], cache, threads=2)
+    pruned = run_cli([*common, "budget=40", f"hydra.run.dir={tmp_path / 'pruned'}"], cache, threads=2)
     assert full.returncode == 0 and pruned.returncode == 0, (full.stderr + pruned.stderr)[-3000:]
     full_results = json.loads((tmp_path / "full" / "results.json").read_text())
     pruned_results = json.loads((tmp_path / "pruned" / "results.json").read_text())

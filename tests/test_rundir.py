@@ -13,25 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, error_line, run_cli, start_cli
 
-ROOT = Path(__file__).parents[1]
 SMALL = ["model=tiny_random", "tasks=fixtures", "tasks.names=[mme]", "method=fastv", "budget=64", "limit=2",
          "max_new_tokens=2", "logger=none"]
-
-
-def cli(args: list[str], cache: Path, cwd: Path = ROOT, env: dict | None = None, wait: bool = True):
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
-           "PYTHONPATH": str(ROOT), **(env or {})}
-    cmd = [sys.executable, str(ROOT / "run.py"), *args]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-
-
-def error_line(proc) -> str:
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +44,7 @@ def test_run_names_hold_what_makes_runs_differ(monkeypatch):
 
 def test_a_sweep_over_seeds_gives_each_job_its_own_dir(cache, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli(["-m", "hydra/launcher=local", *SMALL, "method=random", "seed=0,1", f"hydra.sweep.dir={sweep}"], cache)
+    proc = run_cli(["-m", "hydra/launcher=local", *SMALL, "method=random", "seed=0,1", f"hydra.sweep.dir={sweep}"], cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
     assert len(results) == 2, sorted(results)
@@ -68,7 +53,7 @@ def test_a_sweep_over_seeds_gives_each_job_its_own_dir(cache, tmp_path):
 
 def test_two_runs_started_together_on_a_new_dir_lose_nothing(cache, tmp_path):
     run_dir = tmp_path / "runs" / "same"
-    procs = [cli([*SMALL, f"hydra.run.dir={run_dir}"], cache, wait=False) for _ in range(2)]
+    procs = [start_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache) for _ in range(2)]
     outs = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in outs)
     assert codes in ([0, 0], [0, 2]), outs  # the second is refused by the lock, or finds the run complete
@@ -86,7 +71,7 @@ def test_a_refused_process_removes_nothing_of_the_holder(cache, tmp_path):
     run_dir = tmp_path / "held"
     with RunLock(run_dir):  # a live run that has only just taken its new dir
         (run_dir / "run.json").write_text("{}")
-        proc = cli([*SMALL, f"hydra.run.dir={run_dir}"], cache)
+        proc = run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache)
         assert proc.returncode == 2 and "is in use by a running process" in error_line(proc)
         assert sorted(os.listdir(run_dir)) == [".prunebench.lock", "run.json"]
 
@@ -123,14 +108,14 @@ def test_a_line_that_is_not_a_record_runs_again(tmp_path):
 def test_an_explicit_method_option_beats_the_model_default_and_is_what_is_recorded(cache, tmp_path):
     base = ["model=tiny_qwen2_5_vl", "tasks=fixtures", "tasks.names=[mme]", "method=fastv", "budget=128", "limit=1",
             "max_new_tokens=1", "logger=none"]
-    proc = cli([*base, "method.K=5", f"hydra.run.dir={tmp_path / 'k5'}"], cache)
+    proc = run_cli([*base, "method.K=5", f"hydra.run.dir={tmp_path / 'k5'}"], cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "k5" / "results.json").read_text())
     identity = json.loads((tmp_path / "k5" / "run.json").read_text())["identity"]
     assert results["config"]["method"]["K"] == identity["method.K"] == 5
     per_layer = results["tokens"]["vision_per_layer"]
     assert per_layer[4] > per_layer[5] and len(set(per_layer[:5])) == 1  # layers 0-4 see every token: K=5 ran
-    default = cli([*base, f"hydra.run.dir={tmp_path / 'k2'}"], cache)  # the model config's K=2, as a default
+    default = run_cli([*base, f"hydra.run.dir={tmp_path / 'k2'}"], cache)  # the model config's K=2, as a default
     assert default.returncode == 0, default.stderr[-3000:]
     results = json.loads((tmp_path / "k2" / "results.json").read_text())
     assert results["config"]["method"]["K"] == 2 and results["tokens"]["vision_per_layer"][2] < per_layer[2]
@@ -138,7 +123,7 @@ def test_an_explicit_method_option_beats_the_model_default_and_is_what_is_record
 
 @pytest.mark.parametrize("model", ["tiny_qwen2_5_vl", "qwen2_5_vl_7b", "llava_next_7b"])
 def test_an_impossible_stage_layer_is_one_line_before_any_weight_loads(model, cache, tmp_path):
-    proc = cli([f"model={model}", "tasks=paper", "method=fastv", "method.K=40", "logger=none",
+    proc = run_cli([f"model={model}", "tasks=paper", "method=fastv", "method.K=40", "logger=none",
                 f"hydra.run.dir={tmp_path / 'bad'}"], cache, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "K=40 must be within 1.." in error_line(proc), proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists() and "Traceback" not in proc.stderr
@@ -148,7 +133,7 @@ def test_secret_environment_values_are_never_written(cache, tmp_path):
     secret = "sk-test-0123456789abcdef"
     run_dir = tmp_path / "run"
     out_dir = "${oc.env:PRUNEBENCH_TEST_TOKEN}"  # a config value that interpolates a secret
-    proc = cli([*SMALL, f"tasks.data.out_dir={tmp_path / 'data'}/{out_dir}", f"hydra.run.dir={run_dir}"], cache,
+    proc = run_cli([*SMALL, f"tasks.data.out_dir={tmp_path / 'data'}/{out_dir}", f"hydra.run.dir={run_dir}"], cache,
                env={"PRUNEBENCH_TEST_TOKEN": secret, "WANDB_API_KEY": "wandb-" + secret})
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = [p for p in run_dir.rglob("*") if p.is_file()]
@@ -160,9 +145,9 @@ def test_secret_environment_values_are_never_written(cache, tmp_path):
 
 def test_a_complete_run_is_left_as_it_is(cache, tmp_path):
     run_dir = tmp_path / "done"
-    assert cli([*SMALL, f"hydra.run.dir={run_dir}"], cache).returncode == 0
+    assert run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache).returncode == 0
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".prunebench.lock"}
-    again = cli([*SMALL, f"hydra.run.dir={run_dir}"], cache)
+    again = run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache)
     assert again.returncode == 0 and "already holds this run, complete (2 samples, none failed)" in again.stdout
     assert "mme_total=" in again.stdout  # its results, printed again
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".prunebench.lock"}
@@ -172,14 +157,14 @@ def test_a_complete_run_is_left_as_it_is(cache, tmp_path):
 def test_vanilla_has_one_run_dir_whatever_the_budget(cache, tmp_path):
     args = ["model=tiny_random", "tasks=fixtures", "tasks.names=[mme]", "method=vanilla", "limit=1",
             "max_new_tokens=1", "logger=none", "warmup=0"]
-    first = cli(args, cache, cwd=tmp_path)
-    second = cli([*args, "budget=64"], cache, cwd=tmp_path)
+    first = run_cli(args, cache, cwd=tmp_path)
+    second = run_cli([*args, "budget=64"], cache, cwd=tmp_path)
     assert first.returncode == second.returncode == 0, second.stderr[-3000:]
     assert "already holds this run" in second.stdout
     (run_dir,) = [p.parent for p in tmp_path.rglob("results.json")]
     assert run_dir.name == "vanilla+max_new_tokens=1,tasks.names=[mme]"  # no budget in it
     assert json.loads((run_dir / "run.json").read_text())["identity"]["budget"] is None
-    pruned = cli([*args[:3], "method=fastv", "budget=64", *args[4:]], cache, cwd=tmp_path)
+    pruned = run_cli([*args[:3], "method=fastv", "budget=64", *args[4:]], cache, cwd=tmp_path)
     assert pruned.returncode == 0, pruned.stderr[-3000:]
     assert "throughput (batch 1):" in pruned.stdout and "samples/s" in pruned.stdout
     assert f"speedup vs vanilla ({run_dir}): prefill" in pruned.stdout  # the vanilla run beside it
@@ -192,38 +177,38 @@ def test_vanilla_has_one_run_dir_whatever_the_budget(cache, tmp_path):
     (["method=fastv", "method.KK=3"], "'KK' is not an option of method=fastv (allowed: K,"),
 ])
 def test_a_config_typo_is_one_line_and_exit_2(args, message, cache, tmp_path):
-    proc = cli([*args, f"hydra.run.dir={tmp_path / 'bad'}"], cache, cwd=tmp_path)
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'bad'}"], cache, cwd=tmp_path)
     assert proc.returncode == 2 and message in error_line(proc)
     assert not any(tmp_path.iterdir())
 
 
 def test_damaged_run_files_are_named(cache, tmp_path):
     run_dir = tmp_path / "damaged"
-    assert cli([*SMALL, f"hydra.run.dir={run_dir}"], cache).returncode == 0
+    assert run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache).returncode == 0
     for name in ("results.json", "run.json"):
         good = (run_dir / name).read_bytes()
         (run_dir / name).write_text('{"identity": {')
-        proc = cli([*SMALL, "limit=3", f"hydra.run.dir={run_dir}"], cache)
+        proc = run_cli([*SMALL, "limit=3", f"hydra.run.dir={run_dir}"], cache)
         assert proc.returncode == 2 and f"{run_dir / name} is damaged" in error_line(proc), proc.stderr[-2000:]
         (run_dir / name).write_bytes(good)
 
 
 def test_a_refused_resume_names_a_default_as_such(cache, tmp_path):
     run_dir = tmp_path / "b2"
-    assert cli([*SMALL, "batch_size=2", f"hydra.run.dir={run_dir}"], cache).returncode == 0
-    proc = cli([*SMALL, f"hydra.run.dir={run_dir}"], cache)
+    assert run_cli([*SMALL, "batch_size=2", f"hydra.run.dir={run_dir}"], cache).returncode == 0
+    proc = run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache)
     assert proc.returncode == 2 and "batch_size 2 (now 1, the default)" in error_line(proc)
 
 
 def test_a_run_dir_that_is_a_file_is_one_line(cache, tmp_path):
     (tmp_path / "file").write_text("mine\n")
-    proc = cli([*SMALL, f"hydra.run.dir={tmp_path / 'file'}"], cache)
+    proc = run_cli([*SMALL, f"hydra.run.dir={tmp_path / 'file'}"], cache)
     assert proc.returncode == 2 and "is a file, not a directory" in error_line(proc)
     assert (tmp_path / "file").read_text() == "mine\n"
 
 
 def test_the_guard_works_for_a_single_run(cache, tmp_path):
-    proc = cli(["model=tiny_random", "method=fastv", "budget=600", "logger=none"], cache, cwd=tmp_path)
+    proc = run_cli(["model=tiny_random", "method=fastv", "budget=600", "logger=none"], cache, cwd=tmp_path)
     assert proc.returncode == 2 and "budget=600" in error_line(proc)
     assert "RunDirGuard" not in proc.stderr and "UserWarning" not in proc.stderr
     assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))  # not even the runs/<model>/<tasks> folders

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from test_sparsevlm_math import gravity_matrix, reference_dpc, reference_scores, top_k
+from helpers import gravity_matrix, reference_dpc, sparsevlm_scores, top_k
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -128,7 +128,7 @@ def test_compact_stages_match_hand_rebuilt_eager_reference(tiny, prompts, varian
                 weights = None
                 if variant == "v2":  # compact positions: the current index is the position
                     weights = gravity_matrix([cur_end + t for t in raters], list(range(start, cur_end)), hd, theta)
-                scores = reference_scores(attn, raters, cur_end, start, cur_end, top_heads, weights)
+                scores = sparsevlm_scores(attn, raters, cur_end, start, cur_end, top_heads, weights)
                 keep = top_k(scores, stage.keep)
                 merged = reference_recycle(scores, keep, hidden[0, start:cur_end]) if recycle else hidden[0, :0]
                 rec = records[i]
@@ -217,10 +217,10 @@ def test_v2_original_positions_match_masked_reference(tiny, prompts):
     for stage in engine.stages:
         attn = probs[stage.layer][:, :, start + torch.tensor(current)]  # [H, N, V'] visible image columns
         weights = gravity_matrix([end + t for t in raters], [start + j for j in current], hd, theta)  # original positions
-        scores = reference_scores(attn, raters, end, 0, len(current), top_heads=2, weights=weights)
+        scores = sparsevlm_scores(attn, raters, end, 0, len(current), top_heads=2, weights=weights)
         keep = top_k(scores, stage.keep)
-        heads_matter.append(keep != top_k(reference_scores(attn, raters, end, 0, len(current), weights=weights), stage.keep))
-        gravity_matters.append(keep != top_k(reference_scores(attn, raters, end, 0, len(current), top_heads=2), stage.keep))
+        heads_matter.append(keep != top_k(sparsevlm_scores(attn, raters, end, 0, len(current), weights=weights), stage.keep))
+        gravity_matters.append(keep != top_k(sparsevlm_scores(attn, raters, end, 0, len(current), top_heads=2), stage.keep))
         current = [current[j] for j in keep]
         assert engine.state.kept[stage.enters] == current, f"stage at layer {stage.layer}"
     assert all(gravity_matters) and any(heads_matter)  # without either, other kept sets

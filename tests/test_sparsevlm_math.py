@@ -1,94 +1,22 @@
 """SparseVLM's arithmetic against plain-loop references: v2's RoPE gravity term, the gravity-weighted scores,
-DPC-KNN merging. The reference helpers here are shared with tests/test_sparsevlm.py.
+DPC-KNN merging. The references (plain loops) are in tests/helpers.py, shared with tests/test_sparsevlm.py.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 
 import pytest
 import torch
+from helpers import SPARSEVLM_FLOOR as FLOOR
+from helpers import gravity_matrix, reference_dpc, reference_gravity, sparsevlm_scores, top_k
 from transformers.models.llama.configuration_llama import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from harness.methods.sparsevlm import SparseVLM, dpc_knn_merge, gravity
 
 V = 576
-FLOOR = 0.1  # the default gravity guard
-
-
-# ------------------------------------------------------------------ references
-@functools.cache
-def rotate_ones(position: int, hd: int, theta: float) -> tuple[float, ...]:
-    """RoPE of an all-ones vector at `position`: pair (d, d + hd/2) turned by position * theta^(-2d/hd), float64."""
-    out = [0.0] * hd
-    for d in range(hd // 2):
-        angle = position * theta ** (-2 * d / hd)
-        out[d] = math.cos(angle) - math.sin(angle)  # x_d cos - x_{d+hd/2} sin
-        out[d + hd // 2] = math.cos(angle) + math.sin(angle)  # x_{d+hd/2} cos + x_d sin
-    return tuple(out)
-
-
-def reference_gravity(pos_q: int, pos_k: int, hd: int, theta: float, floor: float | None = FLOOR) -> float:
-    """The official v2.0 `rope_weights` for one query/key pair: all-ones query and key rotated by RoPE at their
-    positions, dot product / sqrt(hd); then the guard: at least `floor` times the value at distance 0 (sqrt(hd))."""
-    q, k = rotate_ones(pos_q, hd, theta), rotate_ones(pos_k, hd, theta)
-    value = sum(a * b for a, b in zip(q, k)) / math.sqrt(hd)
-    return value if floor is None else max(value, floor * math.sqrt(hd))
-
-
-def gravity_matrix(row_positions: list[int], col_positions: list[int], hd: int, theta: float) -> torch.Tensor:
-    """reference_gravity (guarded) for every (row, column) pair, `[R, C]` float64."""
-    return torch.tensor([[reference_gravity(p, q, hd, theta) for q in col_positions] for p in row_positions],
-                        dtype=torch.float64)
-
-
-def reference_scores(attn: torch.Tensor, raters: list[int], text_start: int, start: int, end: int,
-                     top_heads: int | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over (the top_heads highest rater->image) heads and over raters of A[text_start + t, start:end],
-    each divided by `weights[rater, column]` first if given (v2's gravity)."""
-    if weights is not None:
-        attn = attn.double().clone()
-        for a, t in enumerate(raters):
-            attn[:, text_start + t, start:end] /= weights[a]
-    heads = list(range(attn.shape[0]))
-    if top_heads is not None and top_heads < len(heads):
-        total = [sum(float(attn[h, text_start + t, start:end].sum()) for t in raters) for h in heads]
-        heads = sorted(heads, key=lambda h: (-total[h], h))[:top_heads]
-    scores = torch.zeros(end - start, dtype=torch.float64)
-    for h in heads:
-        for t in raters:
-            scores += attn[h, text_start + t, start:end].double()
-    return scores / (len(heads) * len(raters))
-
-
-def top_k(scores: torch.Tensor, k: int) -> list[int]:
-    values = scores.tolist()
-    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
-    return sorted(order[:k])
-
-
-def reference_dpc(x: torch.Tensor, num_clusters: int, k: int | None = None) -> torch.Tensor:
-    """DPC-KNN with loops (float64): density from the k nearest (self included), ties -> lower index is denser."""
-    x = x.double()
-    n, d = x.shape
-    k = min(num_clusters if k is None else k, n)
-    dist = (((x[:, None] - x[None]) ** 2).sum(-1).sqrt() / math.sqrt(d)).tolist()  # [n][n]
-    density = [math.exp(-sum(v * v for v in sorted(row)[:k]) / k) for row in dist]
-    largest = max(max(row) for row in dist)
-    delta = []
-    for i in range(n):
-        denser = [dist[i][j] for j in range(n) if density[j] > density[i] or (density[j] == density[i] and j < i)]
-        delta.append(min(denser) if denser else largest)
-    centers = sorted(range(n), key=lambda i: (-delta[i] * density[i], i))[:num_clusters]
-    members = [[] for _ in centers]
-    for i in range(n):
-        cluster = centers.index(i) if i in centers else min(range(num_clusters), key=lambda a: (dist[centers[a]][i], a))
-        members[cluster].append(i)
-    return torch.stack([x[m].mean(0) for m in members])
-
 
 
 # ------------------------------------------------------------------ DPC-KNN
@@ -172,9 +100,9 @@ def test_v2_scores_divide_by_gravity_before_the_head_selection():
     scores = method.scores(attn, torch.tensor(raters), start, end, (cos, sin))
     weights = gravity_matrix([end + t for t in raters], list(range(start, end)), 128, 1e4)
     full = torch.cat([torch.zeros(32, end, n), attn], dim=1)  # [H, N, N]: rows indexed by position
-    ref = reference_scores(full, raters, end, start, end, top_heads=14, weights=weights)
+    ref = sparsevlm_scores(full, raters, end, start, end, top_heads=14, weights=weights)
     assert (scores.double() - ref).abs().max().item() < 1e-7
     plain = SparseVLM(192, variant="v2", gravity=False).scores(attn, torch.tensor(raters), start, end, (cos, sin))
-    assert (plain.double() - reference_scores(full, raters, end, start, end, top_heads=14)).abs().max().item() < 1e-7
+    assert (plain.double() - sparsevlm_scores(full, raters, end, start, end, top_heads=14)).abs().max().item() < 1e-7
     assert top_k(scores, 300) != top_k(plain, 300)
     assert not method._guard_reported

@@ -6,31 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from datasets import DatasetDict
+from helpers import error_line, run_cli
 
 from harness import fixtures
 from harness.generated import MARKER, read_marker
-
-ROOT = Path(__file__).parents[1]
-
-
-def run_cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PRUNEBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:

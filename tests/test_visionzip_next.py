@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import MODEL_CONF, QUESTION, greedy_without_cache, run_fixtures
 from omegaconf import OmegaConf
 from PIL import Image
-from test_families import MODEL_CONF, QUESTION, run_fixtures
-from test_prellm_families import greedy_without_cache
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
