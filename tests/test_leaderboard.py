@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness import leaderboard as lb
+from harness.scoring import scorer_for
 
 ROOT = Path(__file__).parents[1]
 BENCH = {b.name: b for b in lb.BENCHMARKS}
@@ -223,6 +224,7 @@ def test_every_benchmark_task_has_a_yaml_and_a_scorer():
     for bench in lb.BENCHMARKS:
         for task in bench.tasks:
             assert callable(lb.task_function(task, "process_results")), task
+            assert scorer_for(task) is not None, task
 
 
 # ---------------------------------------------------------------- sweep through the submitit local launcher

@@ -1,8 +1,13 @@
 """harness.scoring: every benchmark's rule against hand-computed values on adversarial answers."""
 
-import pytest
+from pathlib import Path
 
-from harness.scoring import gqa, mmbench, mme, pope, scienceqa, scorer_for, seedbench, vqa
+import pytest
+import yaml
+
+from harness.scoring import Scorer, gqa, mmbench, mme, pope, scienceqa, scorer_for, seedbench, vqa
+
+TASKS = Path(__file__).parents[1] / "tasks"
 
 
 # ---------------------------------------------------------------- GQA: .rstrip('.').lower() and string equality
@@ -179,7 +184,30 @@ def test_seedbench_exact_letter():
     assert seedbench.accuracy(records, "instances_counting") == 50.0
 
 
+def task_yaml_names() -> list[str]:
+    """The `task:` name of every task YAML in tasks/; group YAMLs (their `task:` is a list of tasks) aside."""
+    class Loader(yaml.SafeLoader):  # lmms-eval's `!function` tags are not needed here
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    names = []
+    for path in sorted(TASKS.glob("*.yaml")):
+        task = yaml.load(path.read_text(), Loader=Loader).get("task")
+        if isinstance(task, list):  # a group
+            continue
+        assert isinstance(task, str), f"{path.name}: no task name"
+        names.append(task)
+    return names
+
+
 def test_every_task_has_one_scorer():
+    registered = {id(obj): obj for module in (gqa, mmbench, mme, pope, scienceqa, seedbench, vqa)
+                  for obj in vars(module).values() if isinstance(obj, Scorer)}
+    names = task_yaml_names()
+    assert len(names) == len(set(names)) >= 18 and {"gqa", "shapes_pope_random", "vqav2_testdev"} <= set(names)
+    for name in names:  # one scoring rule per task, one of the benchmark modules' own
+        scorer = scorer_for(name)
+        assert isinstance(scorer, Scorer) and id(scorer) in registered, name
     assert scorer_for("shapes_gqa") is scorer_for("gqa") is gqa.SCORER
     assert scorer_for("shapes_pope_random") is scorer_for("pope_adversarial") is pope.SCORER
     assert scorer_for("shapes_mme") is scorer_for("mme") is mme.SCORER
