@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random LLaVA (fp32), a few prompts, a tiny model of each other family."""
+"""Shared fixtures: the tiny random LLaVA (fp32), a few prompts, a tiny model of each other family; Slurm tests left
+out unless asked for. Shared helpers that are not fixtures are in helpers.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 import harness.rundir  # noqa: F401  (the `batch_tag` resolver of conf/config.yaml's run dirs, as run.py registers it)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
 
 @pytest.fixture(scope="session")
 def tiny():
@@ -36,6 +38,17 @@ def make_inputs(processor, question: str, seed: int) -> dict:
 def prompts(tiny):
     _, processor = tiny
     return [make_inputs(processor, q, seed) for seed, q in enumerate(QUESTIONS)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slurm tests need a real cluster: they run only where a -m expression names them (`pytest -m slurm`), so that
+    `pytest` and `pytest -m "not slow"` both leave them out."""
+    if "slurm" in (config.option.markexpr or ""):
+        return
+    slurm = [item for item in items if item.get_closest_marker("slurm")]
+    if slurm:
+        config.hook.pytest_deselected(items=slurm)
+        items[:] = [item for item in items if not item.get_closest_marker("slurm")]
 
 
 TINY_FAMILIES = {"llava_next": "tiny_llava_next", "qwen2_5_vl": "tiny_qwen2_5_vl"}  # family -> conf/model/<name>.yaml
