@@ -145,6 +145,7 @@ def test_bad_options_are_clear_errors():
 ADAPTINFER = ["model=tiny_random", "logger=none", "method=adaptinfer"]
 
 
+@pytest.mark.slow
 def test_run_labels_the_derived_schedule_and_refuses_paper_192(tmp_path):
     """run.py: schedule=paper budget=192 is one clear error and no run dir; schedule=derived runs and results.json
     says derived (with the paper's accounting, 192.1), per-layer decode positions and compact positions."""
@@ -155,8 +156,8 @@ def test_run_labels_the_derived_schedule_and_refuses_paper_192(tmp_path):
     assert len(errors) == 1 and "budget=192 has no published AdaptInfer schedule" in errors[0], bad.stderr[-2000:]
     assert not (tmp_path / "bad").exists()
     run_dir = tmp_path / "derived"
-    ok = run_cli([*ADAPTINFER, "budget=192", "method.schedule=derived", "tasks=fixtures", "tasks.names=[gqa]", "limit=2",
-                  "max_new_tokens=2", f"hydra.run.dir={run_dir}"], tmp_path / "cache", threads=2)
+    ok = run_cli([*ADAPTINFER, "budget=192", "method.schedule=derived", "tasks=fixtures", "tasks.names=[gqa]",
+                  "limit=2", "max_new_tokens=2", f"hydra.run.dir={run_dir}"], tmp_path / "cache", threads=2)
     assert ok.returncode == 0, ok.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method_facts"] == {"positions": "compact", "decode_positions": "per_layer", "schedule": "derived",

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness.batch_check import batch_methods, main
 from harness.rundir import default_run_name
 
 
+@pytest.mark.slow
 def test_sweep_at_batch_8_matches_batch_1_for_every_method(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

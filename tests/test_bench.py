@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_json_and_markdown(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run([sys.executable, "-m", "harness.bench", "--quick", f"out={tmp_path}"], cwd=ROOT, env=env,
@@ -41,6 +44,7 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     assert "| fastv | 64 |" in (tmp_path / "bench.md").read_text()
 
 
+@pytest.mark.slow
 def test_overhead_runs_the_same_samples_both_ways(tmp_path):
     """The harness path (vanilla attached) and the bare generate loop answer identically; the report
     has both timings."""

@@ -113,6 +113,7 @@ def test_seedbench(tasks):
     assert math.isnan(metrics["seed_text_understanding"])
 
 
+@pytest.mark.slow
 def test_every_task_end_to_end_through_the_leaderboard(tmp_path):
     """run.py on the tiny random model over fixtures_all (limit 1), then the leaderboard on it."""
     import json

@@ -71,6 +71,7 @@ def test_check_method_returns_the_method_the_engine_gets():
         check_method(compose_job(["model=tiny_random", "model.load.num_layers=8", "method=fastv", "budget=100"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

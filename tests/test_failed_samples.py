@@ -146,6 +146,7 @@ def check_run(run_dir: Path, n_failed: dict[str, int]) -> dict[tuple[str, int], 
     return records
 
 
+@pytest.mark.slow
 def test_failed_samples_count_wrong_in_a_run_and_a_rerun_after_the_fix_retries_them(tmp_path):
     data = write_data(tmp_path / "data", broken=True)
     run_dir = tmp_path / "run"

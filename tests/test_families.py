@@ -180,6 +180,7 @@ def test_7b_architectures_build_offline_with_the_hub_parameter_count(config, cou
     assert sum(p.numel() for p in model.parameters()) == count
 
 
+@pytest.mark.slow
 def test_run_py_on_tiny_qwen_records_the_realized_fraction(tmp_path):
     results, samples = run_fixtures("tiny_qwen2_5_vl", "fastv", 1, tmp_path)
     tokens = results["tokens"]
@@ -208,6 +209,7 @@ def test_adaptinfer_on_qwen_uses_its_official_port_layers(family):
     assert [s.layer for s in engine.stages] == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_llava_next", "tiny_qwen2_5_vl"])
 def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, model):
     proc = run_cli([f"model={model}", "tasks=fixtures", "method=adaptinfer", "budget=128", "method.schedule=paper",
@@ -221,6 +223,7 @@ def test_run_py_refuses_a_paper_schedule_off_llava_before_any_sample(tmp_path, m
     assert not (tmp_path / "run" / "samples.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_run_py_refuses_a_method_the_family_cannot_run(tmp_path):
     proc = run_cli(["model=tiny_qwen2_5_vl", "tasks=fixtures", "method=visionzip", "budget=64", "limit=1",
                     "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache", threads=2)

@@ -35,6 +35,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".prunebench.lock"}
 
 
+@pytest.mark.slow
 def test_bad_input_keeps_a_users_folder_as_it_was(cache, tmp_path):
     folder = tmp_path / "my-results"
     (folder / "sub").mkdir(parents=True)
@@ -47,6 +48,7 @@ def test_bad_input_keeps_a_users_folder_as_it_was(cache, tmp_path):
     assert sorted(os.listdir(folder)) == ["notes.txt", "sub"]
 
 
+@pytest.mark.slow
 def test_bad_input_with_the_working_directory_as_run_dir(cache, tmp_path):
     (tmp_path / "paper.tex").write_text("\\section{}\n")
     (tmp_path / ".git").mkdir()
@@ -57,6 +59,7 @@ def test_bad_input_with_the_working_directory_as_run_dir(cache, tmp_path):
     assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == [".git", "paper.tex"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -77,6 +80,7 @@ def test_bad_options_are_one_line_exit_2_and_no_run_dir(args, message, cache, tm
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_names_the_path_and_the_variable(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -88,6 +92,7 @@ def test_an_unwritable_cache_names_the_path_and_the_variable(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_each(done_run, cache):
     before = snapshot(done_run)
     proc = run_cli([*SMALL, "max_new_tokens=1", "method.positions=compact", f"hydra.run.dir={done_run}"], cache)
@@ -98,6 +103,7 @@ def test_resume_with_other_settings_is_refused_naming_each(done_run, cache):
     assert snapshot(done_run) == before  # samples, results and the recorded identity untouched
 
 
+@pytest.mark.slow
 def test_a_smaller_limit_does_not_replace_a_larger_runs_results(done_run, cache):
     before = snapshot(done_run)
     proc = run_cli([*[a for a in SMALL if not a.startswith("limit=")], "limit=1", f"hydra.run.dir={done_run}"], cache)
@@ -105,6 +111,7 @@ def test_a_smaller_limit_does_not_replace_a_larger_runs_results(done_run, cache)
     assert snapshot(done_run) == before
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_dir_is_refused(done_run, cache):
     from harness.rundir import RunLock
 
@@ -118,6 +125,7 @@ def test_a_second_process_on_the_same_run_dir_is_refused(done_run, cache):
     assert len(lines) == 2  # nothing computed twice
 
 
+@pytest.mark.slow
 def test_rerunning_the_same_command_resumes_the_default_run_dir(cache, tmp_path):
     first = run_cli(SMALL, cache, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -131,6 +139,7 @@ def test_rerunning_the_same_command_resumes_the_default_run_dir(cache, tmp_path)
     assert "results:" in (run_dir / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_failed_samples_are_counted_and_max_failed_fails_the_run(cache, tmp_path):
     from datasets import DatasetDict
 
@@ -153,6 +162,7 @@ def test_failed_samples_are_counted_and_max_failed_fails_the_run(cache, tmp_path
     assert json.loads((tmp_path / "b" / "results.json").read_text())["tasks"]["pope_random"]["n_failed"] == 1
 
 
+@pytest.mark.slow
 def test_a_damaged_generated_dataset_is_rebuilt_and_a_given_one_is_named(cache, tmp_path):
     from harness.fixtures import write_fixtures
 
@@ -186,6 +196,7 @@ def test_benchmark_commands_make_no_run_dir_of_their_own(config, tmp_path):
     assert cfg.hydra.run.dir == str(tmp_path)
 
 
+@pytest.mark.slow
 def test_each_local_launcher_job_gets_its_threads_and_a_passive_wait_policy_before_torch_loads(cache, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env.update(PRUNEBENCH_CACHE=str(cache), PYTHONPATH=str(ROOT))

@@ -229,6 +229,7 @@ def test_every_benchmark_task_has_a_yaml_and_a_scorer():
 
 # ---------------------------------------------------------------- sweep through the submitit local launcher
 
+@pytest.mark.slow
 def test_submitit_local_multirun_and_leaderboard(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PRUNEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}

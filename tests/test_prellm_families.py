@@ -145,6 +145,7 @@ def test_pre_llm_on_qwen_keeps_each_kept_token_at_its_3d_position(name):
         assert all(torch.equal(a, b) for a, b in zip(out.logits, vanilla.logits))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,label,layers", [("tiny_llava_next", "320", 32), ("tiny_qwen2_5_vl", "11.1%", 28)])
 def test_run_py_runs_a_pre_llm_method_on_each_family(tmp_path, model, label, layers):
     results, samples = run_fixtures(model, "divprune", 2, tmp_path, "batch_size=2", "warmup=0", "latency_samples=1")

@@ -190,6 +190,7 @@ def test_simple_evaluate_with_scripted_model(data, manager):
     assert results["pope"]["pope_yes_ratio,none"] == pytest.approx((2 * 400 / 6 + 50) / 3)
 
 
+@pytest.mark.slow
 def test_fixtures_are_written_aside_and_renamed_in_once_for_parallel_jobs(tmp_path, monkeypatch):
     """Parallel jobs share the cache: a dataset is never written where another process may have it mapped."""
     import subprocess

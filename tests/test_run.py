@@ -42,6 +42,7 @@ def full_run(tmp_path_factory, cache) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_results_and_samples_follow_the_contract(full_run):
     results = json.loads((full_run / "results.json").read_text())
     for key in ("schema", "method", "budget", "model", "seed", "limit", "tasks", "tokens", "latency_ms", "flops",
@@ -77,6 +78,7 @@ def test_results_and_samples_follow_the_contract(full_run):
         assert 0.0 <= record["scores"]["score"] <= 1.0  # the sample's score fields, written as it was evaluated
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):
     run_dir = tmp_path / "resumed"
     samples = run_dir / "samples.jsonl"
@@ -99,6 +101,7 @@ def test_killed_run_resumes_to_the_same_results(full_run, cache, tmp_path):
     assert all(by_key[(r["task"], r["doc_id"])] == r["response"] for r in ref_records)
 
 
+@pytest.mark.slow
 def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_path):
     """A batched run killed mid-way and rerun: every record equals the uninterrupted batch-1 run's."""
     from harness.batch_check import compare_runs
@@ -114,6 +117,7 @@ def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_
     assert report["n"] == N_SAMPLES and report["differences"] == [], report["differences"][:5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -128,13 +132,15 @@ def test_killed_batched_run_resumes_to_the_batch_1_records(full_run, cache, tmp_
 )
 def test_bad_input_is_one_clear_line_and_no_run_dir(args, message, cache, tmp_path):
     run_dir = tmp_path / "bad"
-    proc = run_cli(["model=tiny_random", "method=fastv", "logger=none", *args, f"hydra.run.dir={run_dir}"], cache, threads=2)
+    proc = run_cli(["model=tiny_random", "method=fastv", "logger=none", *args, f"hydra.run.dir={run_dir}"], cache,
+                   threads=2)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_unknown_method_is_one_line_naming_the_allowed_ones(cache, tmp_path):
     proc = run_cli(["method=nope", f"hydra.run.dir={tmp_path / 'bad'}"], cache, threads=2)
     assert proc.returncode == 2
@@ -143,6 +149,7 @@ def test_unknown_method_is_one_line_naming_the_allowed_ones(cache, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_undecodable_image_is_recorded_and_the_run_continues(cache, tmp_path):
     from datasets import DatasetDict
 
@@ -166,6 +173,7 @@ def test_undecodable_image_is_recorded_and_the_run_continues(cache, tmp_path):
     assert len(failed) == 1 and failed[0]["doc_id"] == 1 and failed[0]["response"] == ""
 
 
+@pytest.mark.slow
 def test_evidence_recall_is_one_at_full_budget_and_below_one_when_pruned(cache, tmp_path):
     """record_kept=true on the shapes tasks: the share of evidence patches that survive each stage."""
     common = ["model=tiny_random", "tasks=shapes", "tasks.names=[shapes_gqa]", "limit=3", "max_new_tokens=1",

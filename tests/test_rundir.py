@@ -42,15 +42,18 @@ def test_run_names_hold_what_makes_runs_differ(monkeypatch):
     assert len(long) < 100 and long != run_name(fastv, "fastv", 64, 1, [f"model.prompt={'y' * 200}"])
 
 
+@pytest.mark.slow
 def test_a_sweep_over_seeds_gives_each_job_its_own_dir(cache, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hydra/launcher=local", *SMALL, "method=random", "seed=0,1", f"hydra.sweep.dir={sweep}"], cache)
+    proc = run_cli(["-m", "hydra/launcher=local", *SMALL, "method=random", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+                   cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
     assert len(results) == 2, sorted(results)
     assert sorted(r["seed"] for r in results.values()) == [0, 1]
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_on_a_new_dir_lose_nothing(cache, tmp_path):
     run_dir = tmp_path / "runs" / "same"
     procs = [start_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache) for _ in range(2)]
@@ -65,6 +68,7 @@ def test_two_runs_started_together_on_a_new_dir_lose_nothing(cache, tmp_path):
     assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_a_refused_process_removes_nothing_of_the_holder(cache, tmp_path):
     from harness.rundir import RunLock
 
@@ -76,6 +80,7 @@ def test_a_refused_process_removes_nothing_of_the_holder(cache, tmp_path):
         assert sorted(os.listdir(run_dir)) == [".prunebench.lock", "run.json"]
 
 
+@pytest.mark.slow
 def test_a_kill_while_resume_rewrites_samples_never_empties_them(tmp_path):
     path = tmp_path / "samples.jsonl"
     good = [json.dumps({"task": "mme", "doc_id": i, "response": "x" * 400}) for i in range(60_000)]
@@ -105,6 +110,7 @@ def test_a_line_that_is_not_a_record_runs_again(tmp_path):
     assert path.read_text() == '{"task": "mme", "doc_id": 0}\n{"task": "mme", "doc_id": 1}\n'
 
 
+@pytest.mark.slow
 def test_an_explicit_method_option_beats_the_model_default_and_is_what_is_recorded(cache, tmp_path):
     base = ["model=tiny_qwen2_5_vl", "tasks=fixtures", "tasks.names=[mme]", "method=fastv", "budget=128", "limit=1",
             "max_new_tokens=1", "logger=none"]
@@ -121,6 +127,7 @@ def test_an_explicit_method_option_beats_the_model_default_and_is_what_is_record
     assert results["config"]["method"]["K"] == 2 and results["tokens"]["vision_per_layer"][2] < per_layer[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_qwen2_5_vl", "qwen2_5_vl_7b", "llava_next_7b"])
 def test_an_impossible_stage_layer_is_one_line_before_any_weight_loads(model, cache, tmp_path):
     proc = run_cli([f"model={model}", "tasks=paper", "method=fastv", "method.K=40", "logger=none",
@@ -129,6 +136,7 @@ def test_an_impossible_stage_layer_is_one_line_before_any_weight_loads(model, ca
     assert not (tmp_path / "bad").exists() and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_secret_environment_values_are_never_written(cache, tmp_path):
     secret = "sk-test-0123456789abcdef"
     run_dir = tmp_path / "run"
@@ -143,6 +151,7 @@ def test_secret_environment_values_are_never_written(cache, tmp_path):
     assert "<redacted:PRUNEBENCH_TEST_TOKEN>" in (run_dir / "results.json").read_text()
 
 
+@pytest.mark.slow
 def test_a_complete_run_is_left_as_it_is(cache, tmp_path):
     run_dir = tmp_path / "done"
     assert run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache).returncode == 0
@@ -154,6 +163,7 @@ def test_a_complete_run_is_left_as_it_is(cache, tmp_path):
     assert after["results.json"] == before["results.json"] and after["samples.jsonl"] == before["samples.jsonl"]
 
 
+@pytest.mark.slow
 def test_vanilla_has_one_run_dir_whatever_the_budget(cache, tmp_path):
     args = ["model=tiny_random", "tasks=fixtures", "tasks.names=[mme]", "method=vanilla", "limit=1",
             "max_new_tokens=1", "logger=none", "warmup=0"]
@@ -170,6 +180,7 @@ def test_vanilla_has_one_run_dir_whatever_the_budget(cache, tmp_path):
     assert f"speedup vs vanilla ({run_dir}): prefill" in pruned.stdout  # the vanilla run beside it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [
     (["method=fastvv"], "method=fastvv: no such method 'fastvv' (allowed: adaptinfer,"),
     (["budgt=64"], "budgt=64: no such option (allowed: batch_size, budget,"),
@@ -182,6 +193,7 @@ def test_a_config_typo_is_one_line_and_exit_2(args, message, cache, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_damaged_run_files_are_named(cache, tmp_path):
     run_dir = tmp_path / "damaged"
     assert run_cli([*SMALL, f"hydra.run.dir={run_dir}"], cache).returncode == 0
@@ -193,6 +205,7 @@ def test_damaged_run_files_are_named(cache, tmp_path):
         (run_dir / name).write_bytes(good)
 
 
+@pytest.mark.slow
 def test_a_refused_resume_names_a_default_as_such(cache, tmp_path):
     run_dir = tmp_path / "b2"
     assert run_cli([*SMALL, "batch_size=2", f"hydra.run.dir={run_dir}"], cache).returncode == 0
@@ -200,6 +213,7 @@ def test_a_refused_resume_names_a_default_as_such(cache, tmp_path):
     assert proc.returncode == 2 and "batch_size 2 (now 1, the default)" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_a_run_dir_that_is_a_file_is_one_line(cache, tmp_path):
     (tmp_path / "file").write_text("mine\n")
     proc = run_cli([*SMALL, f"hydra.run.dir={tmp_path / 'file'}"], cache)
@@ -207,6 +221,7 @@ def test_a_run_dir_that_is_a_file_is_one_line(cache, tmp_path):
     assert (tmp_path / "file").read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_the_guard_works_for_a_single_run(cache, tmp_path):
     proc = run_cli(["model=tiny_random", "method=fastv", "budget=600", "logger=none"], cache, cwd=tmp_path)
     assert proc.returncode == 2 and "budget=600" in error_line(proc)
@@ -214,6 +229,7 @@ def test_the_guard_works_for_a_single_run(cache, tmp_path):
     assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))  # not even the runs/<model>/<tasks> folders
 
 
+@pytest.mark.slow
 def test_help_lists_the_groups_of_run_py_only():
     proc = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,7 +21,7 @@ from harness.rundir import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # each job: 1 CPU (OMP_NUM_THREADS=1 through the launcher's setup lines), no GPU, 2 GB
 RESOURCES = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,6 +46,7 @@ def setup_lines(script: str) -> list[str]:
     return block.splitlines()
 
 
+@pytest.mark.slow
 def test_sbatch_script_from_the_defaults(tmp_path):
     script = sbatch_script(tmp_path)
     sbatch = directives(script)

@@ -17,6 +17,7 @@ from harness.throughput import Sample, batches, check, mismatches, suite_samples
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_quick_throughput_writes_json_and_markdown_with_no_mismatch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "harness.throughput", "--quick", f"out={tmp_path}"], cwd=ROOT, env=env,
@@ -34,7 +35,7 @@ def test_quick_throughput_writes_json_and_markdown_with_no_mismatch(tmp_path):
         assert row["prompt_tokens_per_s"] > row["samples_per_s"] and row["generated_tokens_per_s"] > 0
         assert row["speedup"] == 1.0 if size == 1 else row["speedup"] > 0
         assert 0 <= row["pad_share"] < 1 and 0 <= row["idle_row_step_share"] < 1
-    assert ("visionzip", 2) in rows and suite["skipped"] == {}  # a pre-LLM method batches too: none runs at batch 1 only
+    assert ("visionzip", 2) in rows and suite["skipped"] == {}  # pre-LLM methods batch too: none left at batch 1
     assert [p["batch_size"] for p in suite["profile"]] == [1, 2]
     for p in suite["profile"]:
         assert abs(p["matmul_share"] + p["other_ops_share"] + p["python_share"] - 1) < 1e-6 and p["matmul_share"] > 0

@@ -31,6 +31,7 @@ def users_folders(root: Path, names: list[str]) -> None:
 
 # ---------------------------------------------------------------- never replace a folder the harness did not create
 
+@pytest.mark.slow
 def test_a_run_refuses_an_out_dir_holding_the_users_gqa_and_pope_and_touches_nothing(tmp_path):
     data = tmp_path / "data"
     users_folders(data, ["gqa", "pope"])
@@ -130,6 +131,7 @@ def test_a_shapes_dataset_of_the_previous_version_is_rebuilt_with_a_marker(tmp_p
 
 # ---------------------------------------------------------------- a user dataset with a wrong schema
 
+@pytest.mark.slow
 def test_a_user_dataset_with_a_wrong_schema_is_one_error_line_before_the_model_loads(tmp_path):
     pope = tmp_path / "pope"
     DatasetDict({s: fixtures.to_dataset(fixtures.pope_rows(s), fixtures.POPE_FEATURES).rename_column("question", "text")

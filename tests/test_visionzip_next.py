@@ -154,6 +154,7 @@ def test_a_budget_that_keeps_nothing_of_a_crop_is_one_clear_error(tiny_next):
             engine.generate(image_inputs(processor, (200, 300)), max_new_tokens=1, do_sample=False)
 
 
+@pytest.mark.slow
 def test_run_py_runs_visionzip_on_tiny_llava_next(tmp_path):
     results, samples = run_fixtures("tiny_llava_next", "visionzip", 2, tmp_path)
     for s in samples:  # every layer sees 16 tokens (64/576 of 144 patches) per crop: 3 crops (1x2 grid) or 5 (2x2)
