@@ -89,7 +89,9 @@ def runs_on(fam: str, name: str) -> bool:
     return True
 
 
-CASES = [(fam, name) for fam in CONFIGS for name in method_names() if runs_on(fam, name)]
+# Qwen2.5-VL's cases (about a second each) stay in the fast lane; LLaVA's and LLaVA-NeXT's (up to a minute) are slow
+CASES = [pytest.param(fam, name, marks=() if fam == "qwen2_5_vl" else pytest.mark.slow)
+         for fam in CONFIGS for name in method_names() if runs_on(fam, name)]
 
 
 @pytest.mark.parametrize(("fam", "name"), CASES)

@@ -204,6 +204,7 @@ def test_logger_default_is_wandb():
 
 # ---------------------------------------------------------------- experiment/ and preset/
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_job_of_an_experiment_composes_and_its_method_validates(name):
     cfg = compose_resolved("config", [f"+experiment={name}"])

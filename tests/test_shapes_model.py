@@ -36,6 +36,7 @@ def test_checkpoint_is_small_and_loads_offline(shapes_model):
     assert enc["pixel_values"].shape == (1, 3, 336, 336)
 
 
+@pytest.mark.slow
 def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
     """60 held-out gqa-style questions (colour, shape, relation, count; chance ~15%): the right image
     gives well above chance (colour and shape questions nearly all right), another image's pixels do much worse."""
@@ -55,6 +56,7 @@ def test_answers_fixed_questions_from_the_image(shapes_model, gqa_items):
     assert accuracy - accuracy_swapped >= 0.5, (accuracy, accuracy_swapped)
 
 
+@pytest.mark.slow
 def test_robustness_rows_run_through_the_engine(shapes_model, gqa_items):
     """The model card's robustness rows run the harness's engine: with nothing pruned it answers as
     `generate` does, and keeping 32 random tokens from layer 2 costs accuracy."""

@@ -105,6 +105,7 @@ def test_growth_keeps_the_bind_phase_function(tmp_path):
     assert new_layer.self_attn.o_proj.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_extend_lm_continues_a_finished_stage(tmp_path):
     """--extend-lm reopens a finished language stage for more minutes with a warm-restarted LR,
     keeps the step count and time, and refuses a stage that is still running."""
@@ -175,6 +176,7 @@ def test_checkpoint_round_trip_keeps_the_record(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_importing_the_recipe_has_no_side_effects():
     """Importing sets no environment variable and registers no attention function; setting up a
     recipe registers the packed attention."""

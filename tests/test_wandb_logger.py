@@ -184,6 +184,7 @@ def silent_server():
     server.close()
 
 
+@pytest.mark.slow
 def test_an_unanswering_server_costs_seconds_and_leaves_an_offline_run(tmp_path, monkeypatch, capfd, silent_server):
     """A valid-looking key and a server that never answers: before, init waited ~90 s per attempt and
     the run was not saved anywhere; now the init is cut after logger.init_timeout_s and the run is offline."""
