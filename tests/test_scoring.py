@@ -191,7 +191,7 @@ def task_yaml_names() -> list[str]:
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     names = []
-    for path in sorted(TASKS.glob("*.yaml")):
+    for path in sorted(TASKS.rglob("*.yaml")):
         task = yaml.load(path.read_text(), Loader=Loader).get("task")
         if isinstance(task, list):  # a group
             continue

@@ -57,6 +57,7 @@ def test_its_vision_side_is_the_embedded_tower(llava):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
 def test_retrieval_and_evidence_recall_beat_chance_on_held_out_scenes(llava, tower):
     model, processor = llava
     scenes = clip_text.heldout_scenes(16)  # never trained on
@@ -69,6 +70,7 @@ def test_retrieval_and_evidence_recall_beat_chance_on_held_out_scenes(llava, tow
     assert chance < 0.05 and recall >= 0.5, (recall, chance)
 
 
+@pytest.mark.slow
 def test_cdpruner_runs_on_the_default_model(tmp_path):
     """`python run.py method=cdpruner` on the default model and suite (cut short): no failed sample, each kept set
     distinct, the realized count below 128 reported as such."""
