@@ -127,12 +127,13 @@ def test_the_engine_refuses_a_repeated_token(tiny, prompts, name):
         engine.generate(prompts[0], instruction=QUESTIONS[0], max_new_tokens=1, do_sample=False)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m not in NO_BUDGET])
+PRE_LLM = [m for m in METHODS if m not in NO_BUDGET and getattr(load_method(m, 128), "pre_llm", False)]
+
+
+@pytest.mark.parametrize("name", PRE_LLM)  # in-LLM stages keep exactly their count (apply_stage)
 def test_a_pre_llm_method_keeps_fewer_only_if_it_says_so(tiny, prompts, name):
     model, _ = tiny
     method = load_method(name, 128)
-    if not getattr(method, "pre_llm", False):
-        pytest.skip("in-LLM stages keep exactly their count (apply_stage)")
     reduce = method.reduce
 
     def one_fewer(ctx):  # drops the last kept token (pool, which keeps none: the last merged one)
